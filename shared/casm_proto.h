@@ -1,0 +1,38 @@
+/*  casm_proto: how stage instances and the broker talk.
+
+    Each queue (Q1 validators, Q2 workers, Q3 publishers) is two ROUTER
+    sockets in the broker: the frontend, where upstream DEALERs send
+    requests and get replies, and the backend, where the stage's instances
+    connect with a DEALER. On the backend every message from an instance
+    starts with a one-byte command frame:
+
+        "C" [n]          n more free slots (decimal text): credit
+        "H" [free]       heartbeat, with the instance's free slots now; an
+                         instance the broker does not know (a restarted
+                         broker) is registered with that credit
+        "R" [envelope] [header] [body]
+                         a reply, passed to the frontend as it is
+        "D"              draining: send me no more work
+
+    Messages from the broker to an instance are work: the envelope, header
+    and body of casm_msg.h, with no command frame. The broker sends an
+    instance at most as many as it has credit for.                         */
+
+#ifndef CASM_PROTO_H
+#define CASM_PROTO_H
+
+#define CASM_CMD_CREDIT "C"
+#define CASM_CMD_HEARTBEAT "H"
+#define CASM_CMD_REPLY "R"
+#define CASM_CMD_DRAIN "D"
+
+#define CASM_QUEUE_VALIDATOR 1
+#define CASM_QUEUE_WORKER 2
+#define CASM_QUEUE_PUBLISHER 3
+
+//  How often instances send heartbeats, and how long the broker waits
+//  without hearing from one before forgetting it and its credit.
+#define CASM_HEARTBEAT_MS 1000
+#define CASM_PEER_EXPIRY_MS 3500
+
+#endif

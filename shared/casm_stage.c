@@ -1,0 +1,157 @@
+/*  casm_stage: credit and heartbeats for a stage instance.               */
+
+#include "casm_stage.h"
+#include "casm_config.h"
+#include "casm_log.h"
+#include "casm_proto.h"
+
+struct casm_stage_t {
+    zsock_t *socket;
+    int capacity;
+    int free;
+    int draining;
+    int64_t next_heartbeat;
+};
+
+void
+casm_socket_tune (zsock_t *socket)
+{
+    zsock_set_linger (socket, 0);
+    zsock_set_sndtimeo (socket, 0);
+    zsock_set_sndhwm (socket, 10000);
+    zsock_set_rcvhwm (socket, 10000);
+    zsock_set_heartbeat_ivl (socket, 1000);
+    zsock_set_heartbeat_timeout (socket, 3000);
+    zsock_set_heartbeat_ttl (socket, 3000);
+    zsock_set_reconnect_ivl (socket, 100);
+    zsock_set_reconnect_ivl_max (socket, 1000);
+}
+
+static void
+s_send_count (casm_stage_t *self, const char *command, int count)
+{
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, command);
+    zmsg_addstrf (msg, "%d", count);
+    casm_msg_send (&msg, zsock_resolve (self->socket));
+}
+
+casm_stage_t *
+casm_stage_new (int queue, int capacity)
+{
+    casm_stage_t *self = calloc (1, sizeof *self);
+    if (!self)
+        return NULL;
+
+    char endpoint [256];
+    casm_config_endpoint (endpoint, sizeof endpoint, queue, 1, 0);
+    self->socket = zsock_new (ZMQ_DEALER);
+    if (!self->socket) {
+        free (self);
+        return NULL;
+    }
+    casm_socket_tune (self->socket);
+    if (zsock_connect (self->socket, "%s", endpoint) != 0) {
+        casm_error (NULL, NULL, "cannot connect to %s", endpoint);
+        zsock_destroy (&self->socket);
+        free (self);
+        return NULL;
+    }
+    self->capacity = capacity;
+    self->free = capacity;
+    s_send_count (self, CASM_CMD_HEARTBEAT, self->free);
+    self->next_heartbeat = casm_now_ms () + CASM_HEARTBEAT_MS;
+    return self;
+}
+
+void
+casm_stage_destroy (casm_stage_t **self_p)
+{
+    casm_stage_t *self = *self_p;
+    if (!self)
+        return;
+    if (!self->draining)
+        casm_stage_drain (self);
+    zsock_destroy (&self->socket);
+    free (self);
+    *self_p = NULL;
+}
+
+zsock_t *
+casm_stage_socket (casm_stage_t *self)
+{
+    return self->socket;
+}
+
+casm_work_t *
+casm_stage_recv (casm_stage_t *self)
+{
+    zmsg_t *msg = zmsg_recv (self->socket);
+    if (!msg)
+        return NULL;
+
+    self->free--;
+    casm_work_t *work = casm_work_take (&msg);
+    if (!work)
+        casm_stage_release (self, 1);
+    return work;
+}
+
+void
+casm_stage_release (casm_stage_t *self, int n)
+{
+    self->free += n;
+    if (self->free > self->capacity)
+        self->free = self->capacity;
+    if (!self->draining)
+        s_send_count (self, CASM_CMD_CREDIT, n);
+}
+
+int
+casm_stage_reply (casm_stage_t *self, casm_work_t **work_p, uint16_t status,
+                  uint8_t flags, const char *body, size_t body_size)
+{
+    int rc = casm_work_reply (work_p, zsock_resolve (self->socket),
+                              CASM_CMD_REPLY, status, flags, body,
+                              body_size);
+    casm_stage_release (self, 1);
+    return rc;
+}
+
+int
+casm_stage_relay (casm_stage_t *self, zmsg_t **msg_p)
+{
+    zmsg_pushstr (*msg_p, CASM_CMD_REPLY);
+    return casm_msg_send (msg_p, zsock_resolve (self->socket));
+}
+
+void
+casm_stage_tick (casm_stage_t *self)
+{
+    int64_t now = casm_now_ms ();
+    if (now < self->next_heartbeat || self->draining)
+        return;
+    s_send_count (self, CASM_CMD_HEARTBEAT, self->free);
+    self->next_heartbeat = now + CASM_HEARTBEAT_MS;
+}
+
+void
+casm_stage_drain (casm_stage_t *self)
+{
+    self->draining = 1;
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, CASM_CMD_DRAIN);
+    casm_msg_send (&msg, zsock_resolve (self->socket));
+}
+
+int
+casm_stage_free (casm_stage_t *self)
+{
+    return self->free;
+}
+
+int
+casm_stage_busy (casm_stage_t *self)
+{
+    return self->capacity - self->free;
+}
