@@ -1,0 +1,384 @@
+/*  casm_lookup: read-only PostgreSQL queries. See casm_lookup.h.
+
+    The validator's loop is single-threaded and synchronous, so a query
+    that hangs would stop the whole instance. Each query is therefore sent
+    asynchronously and waited for with poll() and a deadline; a connection
+    that misses it is dropped (its state is unknown), and the next request
+    reconnects.                                                             */
+
+#include "casm_lookup.h"
+#include "casm_customer.h"
+#include "casm_log.h"
+#include "casm_msg.h"
+
+#include <errno.h>
+#include <libpq-fe.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CONNECT_TIMEOUT_S "2"
+#define QUERY_TIMEOUT_MS 2000
+#define RETRY_MIN_MS 500             // first wait between reconnections
+#define RETRY_MAX_MS 4000            // and the longest, once doubled
+
+typedef enum {
+    STATEMENT_PING,
+    STATEMENT_REQUEST,
+    STATEMENT_CUSTOMER_BY_REF,
+    STATEMENT_CUSTOMER_BY_EXTERNAL,
+    STATEMENT_JSON_BY_REF,
+    STATEMENT_JSON_BY_EXTERNAL,
+    STATEMENT_COUNT
+} statement_t;
+
+static const struct {
+    const char *name;
+    const char *sql;
+    int params;
+} s_statements [STATEMENT_COUNT] = {
+    //  Answers without reading a row, and fails while the schema is
+    //  missing, when every other statement would fail too.
+    { "ping", "SELECT 1 FROM casm.customers LIMIT 0", 0 },
+    { "request",
+      "SELECT request_hash = decode($2, 'hex'), status, body "
+      "FROM casm.requests WHERE request_id = $1", 2 },
+    { "customer_by_ref",
+      "SELECT ref_id::text, state FROM casm.customers "
+      "WHERE ref_id = $1::uuid", 1 },
+    { "customer_by_external",
+      "SELECT ref_id::text, state FROM casm.customers "
+      "WHERE external_id = $1", 1 },
+    { "json_by_ref",
+      "SELECT " CASM_CUSTOMER_JSON_SQL " FROM casm.customers c "
+      "WHERE c.ref_id = $1::uuid", 1 },
+    { "json_by_external",
+      "SELECT " CASM_CUSTOMER_JSON_SQL " FROM casm.customers c "
+      "WHERE c.external_id = $1", 1 },
+};
+
+struct casm_lookup_t {
+    char *url;
+    PGconn *connection;
+    int prepared [STATEMENT_COUNT];
+    int up;                         // last known state, to log changes once
+    int64_t next_attempt_ms;        // no reconnection before this
+    int64_t retry_ms;               // wait after the next failed attempt
+};
+
+//  Logs a change of PostgreSQL's availability once, not per request.
+static void
+s_set_up (casm_lookup_t *self, int up, const char *why)
+{
+    if (up && !self->up)
+        casm_info (NULL, NULL, "PostgreSQL is available");
+    else
+    if (!up && self->up)
+        casm_warn (NULL, json_pack ("{s:s}", "reason", why ? why : ""),
+                   "PostgreSQL is unavailable");
+    self->up = up;
+}
+
+//  libpq's messages end with a newline; the log line should not.
+static const char *
+s_message (const char *text, char *buffer, size_t size)
+{
+    snprintf (buffer, size, "%s", text ? text : "");
+    size_t length = strlen (buffer);
+    while (length > 0 && (buffer [length - 1] == '\n'
+                       || buffer [length - 1] == ' '))
+        buffer [--length] = 0;
+    return buffer;
+}
+
+static void
+s_drop (casm_lookup_t *self, const char *why)
+{
+    char buffer [256];
+    s_set_up (self, 0, s_message (why, buffer, sizeof buffer));
+    PQfinish (self->connection);
+    self->connection = NULL;
+    memset (self->prepared, 0, sizeof self->prepared);
+}
+
+//  Waits for the outcome of the command just sent and returns its last
+//  result (the caller clears it), or NULL when the connection failed or
+//  the deadline passed; the connection is dropped then.
+static PGresult *
+s_wait (casm_lookup_t *self)
+{
+    PGconn *connection = self->connection;
+    int64_t deadline = casm_now_ms () + QUERY_TIMEOUT_MS;
+    PGresult *last = NULL;
+
+    while (1) {
+        while (PQisBusy (connection)) {
+            int64_t remaining = deadline - casm_now_ms ();
+            if (remaining <= 0) {
+                PQclear (last);
+                s_drop (self, "query timed out");
+                return NULL;
+            }
+            struct pollfd item = { PQsocket (connection), POLLIN, 0 };
+            int rc = poll (&item, 1, (int) remaining);
+            if ((rc < 0 && errno != EINTR)
+            ||  (rc > 0 && !PQconsumeInput (connection))) {
+                PQclear (last);
+                s_drop (self, PQerrorMessage (connection));
+                return NULL;
+            }
+        }
+        PGresult *result = PQgetResult (connection);
+        if (!result)
+            break;
+        PQclear (last);
+        last = result;
+    }
+
+    if (PQstatus (connection) != CONNECTION_OK) {
+        PQclear (last);
+        s_drop (self, PQerrorMessage (connection));
+        return NULL;
+    }
+    return last;
+}
+
+//  Runs sql without parameters on a fresh connection's setup path.
+static int
+s_setup_command (casm_lookup_t *self, const char *sql)
+{
+    if (!PQsendQuery (self->connection, sql)) {
+        s_drop (self, PQerrorMessage (self->connection));
+        return -1;
+    }
+    PGresult *result = s_wait (self);
+    if (!result)
+        return -1;
+    int ok = PQresultStatus (result) == PGRES_COMMAND_OK;
+    if (!ok)
+        s_drop (self, PQresultErrorMessage (result));
+    PQclear (result);
+    return ok ? 0 : -1;
+}
+
+//  Prepares what is not prepared yet. A missing schema fails here until
+//  the worker has migrated; each statement is retried at the next
+//  request, so none is ever prepared twice.
+static int
+s_prepare (casm_lookup_t *self)
+{
+    for (int i = 0; i < STATEMENT_COUNT; i++) {
+        if (self->prepared [i])
+            continue;
+        if (!PQsendPrepare (self->connection, s_statements [i].name,
+                            s_statements [i].sql, s_statements [i].params,
+                            NULL)) {
+            s_drop (self, PQerrorMessage (self->connection));
+            return -1;
+        }
+        PGresult *result = s_wait (self);
+        if (!result)
+            return -1;
+        if (PQresultStatus (result) != PGRES_COMMAND_OK) {
+            char buffer [256];
+            s_set_up (self, 0, s_message (PQresultErrorMessage (result),
+                                          buffer, sizeof buffer));
+            PQclear (result);
+            return -1;
+        }
+        PQclear (result);
+        self->prepared [i] = 1;
+    }
+    return 0;
+}
+
+//  Opens (or reopens) the connection, makes it read-only, bounds its
+//  statements. Returns 0 or -1.
+static int
+s_connect (casm_lookup_t *self)
+{
+    //  Keywords are processed in order, so the URL may override the
+    //  keepalives but not the connect timeout.
+    const char *keywords [] = {
+        "application_name", "keepalives_idle", "keepalives_interval",
+        "keepalives_count", "dbname", "connect_timeout", NULL
+    };
+    const char *values [] = {
+        "casm-validator", "5", "2", "2", self->url, CONNECT_TIMEOUT_S, NULL
+    };
+
+    if (self->connection)
+        PQreset (self->connection);
+    else
+        self->connection = PQconnectdbParams (keywords, values, 1);
+    if (!self->connection)
+        return -1;
+    if (PQstatus (self->connection) != CONNECTION_OK) {
+        char buffer [256];
+        s_set_up (self, 0, s_message (PQerrorMessage (self->connection),
+                                      buffer, sizeof buffer));
+        return -1;
+    }
+
+    memset (self->prepared, 0, sizeof self->prepared);
+    if (s_setup_command (self, "SET default_transaction_read_only = on")
+    ||  s_setup_command (self, "SET statement_timeout = 2000"))
+        return -1;
+    return 0;
+}
+
+//  A connection with every statement prepared, or -1 (answer 503).
+//  Reconnections back off, doubling up to RETRY_MAX_MS: against a host
+//  that drops packets each attempt blocks the loop for the connect
+//  timeout, and most of the time must stay free for answering 503.
+static int
+s_ready (casm_lookup_t *self)
+{
+    if (!self->connection || PQstatus (self->connection) != CONNECTION_OK) {
+        int64_t now = casm_now_ms ();
+        if (now < self->next_attempt_ms)
+            return -1;
+        if (s_connect (self) != 0) {
+            self->next_attempt_ms = casm_now_ms () + self->retry_ms;
+            self->retry_ms = self->retry_ms * 2 > RETRY_MAX_MS
+                           ? RETRY_MAX_MS : self->retry_ms * 2;
+            return -1;
+        }
+        self->retry_ms = RETRY_MIN_MS;
+    }
+    return s_prepare (self);
+}
+
+//  Runs a prepared statement and returns its rows (caller clears), or
+//  NULL when PostgreSQL is down or the query failed.
+static PGresult *
+s_query (casm_lookup_t *self, statement_t statement, const char *param1,
+         const char *param2)
+{
+    if (s_ready (self) != 0)
+        return NULL;
+
+    const char *params [2] = { param1, param2 };
+    if (!PQsendQueryPrepared (self->connection, s_statements [statement].name,
+                              s_statements [statement].params, params,
+                              NULL, NULL, 0)) {
+        s_drop (self, PQerrorMessage (self->connection));
+        return NULL;
+    }
+    PGresult *result = s_wait (self);
+    if (result && PQresultStatus (result) != PGRES_TUPLES_OK) {
+        char buffer [256];
+        s_set_up (self, 0, s_message (PQresultErrorMessage (result),
+                                      buffer, sizeof buffer));
+        PQclear (result);
+        return NULL;
+    }
+    if (result)
+        s_set_up (self, 1, NULL);
+    return result;
+}
+
+casm_lookup_t *
+casm_lookup_new (const char *url)
+{
+    casm_lookup_t *self = calloc (1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->url = strdup (url);
+    if (!self->url) {
+        free (self);
+        return NULL;
+    }
+
+    //  Start up even when PostgreSQL is down: requests get 503 until it
+    //  is back (s_set_up logs the reason once, and the return).
+    self->up = 1;
+    self->retry_ms = RETRY_MIN_MS;
+    if (casm_lookup_ping (self) != CASM_LOOKUP_FOUND)
+        casm_warn (NULL, NULL, "starting without PostgreSQL; requests "
+                   "get 503 until it is reachable and migrated");
+    return self;
+}
+
+void
+casm_lookup_destroy (casm_lookup_t **self_p)
+{
+    casm_lookup_t *self = *self_p;
+    if (!self)
+        return;
+    PQfinish (self->connection);
+    free (self->url);
+    free (self);
+    *self_p = NULL;
+}
+
+int
+casm_lookup_ping (casm_lookup_t *self)
+{
+    PGresult *result = s_query (self, STATEMENT_PING, NULL, NULL);
+    if (!result)
+        return CASM_LOOKUP_DOWN;
+    PQclear (result);
+    return CASM_LOOKUP_FOUND;
+}
+
+int
+casm_lookup_request (casm_lookup_t *self, const char *request_id,
+                     const char *hash, int *same, int *status, char **body)
+{
+    PGresult *result = s_query (self, STATEMENT_REQUEST, request_id, hash);
+    if (!result)
+        return CASM_LOOKUP_DOWN;
+    if (PQntuples (result) == 0) {
+        PQclear (result);
+        return CASM_LOOKUP_NONE;
+    }
+
+    *same = strcmp (PQgetvalue (result, 0, 0), "t") == 0;
+    *status = atoi (PQgetvalue (result, 0, 1));
+    *body = strdup (PQgetvalue (result, 0, 2));
+    PQclear (result);
+    return *body ? CASM_LOOKUP_FOUND : CASM_LOOKUP_DOWN;
+}
+
+int
+casm_lookup_customer (casm_lookup_t *self, const char *ref_id,
+                      const char *external_id, char **ref_id_p,
+                      char **state_p)
+{
+    PGresult *result = ref_id
+        ? s_query (self, STATEMENT_CUSTOMER_BY_REF, ref_id, NULL)
+        : s_query (self, STATEMENT_CUSTOMER_BY_EXTERNAL, external_id, NULL);
+    if (!result)
+        return CASM_LOOKUP_DOWN;
+    if (PQntuples (result) == 0) {
+        PQclear (result);
+        return CASM_LOOKUP_NONE;
+    }
+
+    if (ref_id_p)
+        *ref_id_p = strdup (PQgetvalue (result, 0, 0));
+    if (state_p)
+        *state_p = strdup (PQgetvalue (result, 0, 1));
+    PQclear (result);
+    return CASM_LOOKUP_FOUND;
+}
+
+int
+casm_lookup_customer_json (casm_lookup_t *self, const char *ref_id,
+                           const char *external_id, char **json)
+{
+    PGresult *result = ref_id
+        ? s_query (self, STATEMENT_JSON_BY_REF, ref_id, NULL)
+        : s_query (self, STATEMENT_JSON_BY_EXTERNAL, external_id, NULL);
+    if (!result)
+        return CASM_LOOKUP_DOWN;
+    if (PQntuples (result) == 0) {
+        PQclear (result);
+        return CASM_LOOKUP_NONE;
+    }
+
+    *json = strdup (PQgetvalue (result, 0, 0));
+    PQclear (result);
+    return *json ? CASM_LOOKUP_FOUND : CASM_LOOKUP_DOWN;
+}
