@@ -1,0 +1,409 @@
+/*  casm_worker: the persistence stage's loop. See casm_worker.h.
+
+    The worker announces its credit on Q2 only once PostgreSQL is reachable
+    and the schema is there, so that the broker hands work to instances
+    that can do it. Each unit is applied synchronously (one statement, a
+    few milliseconds); a committed change is forwarded to Q3 with its event
+    and its slot is given back at once, since the rest of its way is the
+    publisher's business. Replies from Q3 carry no slot: they are relayed.
+
+    The one thing the worker must never do is answer a committed change
+    with an error: when Q3 cannot take the event (a full or peerless
+    socket, or the broker's rejection) the event is in the outbox, the
+    publisher's sweep sends it later, and the client gets its success.    */
+
+#include "casm_worker.h"
+#include "casm_config.h"
+#include "casm_error.h"
+#include "casm_log.h"
+#include "casm_msg.h"
+#include "casm_proto.h"
+#include "casm_stage.h"
+#include "casm_store.h"
+
+#include <string.h>
+
+//  How often old idempotency records are deleted, and how many at most at
+//  a time (a backlog is worked off one batch a second).
+#define HOUSEKEEPING_MS 60000
+#define HOUSEKEEPING_BATCH 1000
+
+//  How long a draining worker still reads Q2 for units that the broker
+//  sent before it heard the worker say goodbye.
+#define DRAIN_LINGER_MS 200
+
+//  The longest the loop sleeps: the heartbeat and the stop flag need it
+//  to come round regularly.
+#define POLL_MS 100
+
+struct casm_worker_t {
+    casm_store_t *store;
+    casm_stage_t *stage;        // NULL until the schema is there
+    zsock_t *publishers;        // DEALER to Q3's frontend
+    zpoller_t *poller;
+    int credit;
+    int retention_hours;
+    int64_t grace_ms;
+    int pending;                // forwarded to Q3, not yet answered
+    int64_t pending_until;      // the latest deadline among them
+    int64_t next_connect;
+    int64_t next_housekeeping;
+};
+
+casm_worker_t *
+casm_worker_new (void)
+{
+    casm_worker_t *self = calloc (1, sizeof *self);
+    if (!self)
+        return NULL;
+
+    self->credit = (int) casm_config_int ("WORKER_CREDIT", 4, 1, 1000);
+    self->retention_hours = (int) casm_config_int ("REQUEST_RETENTION_HOURS",
+                                                   48, 24, 24 * 366);
+    self->grace_ms = casm_config_int ("SHUTDOWN_GRACE_MS", 10000, 0,
+                                      3600000);
+    self->store = casm_store_new (casm_config_str ("DATABASE_URL", NULL));
+
+    char endpoint [256];
+    casm_config_endpoint (endpoint, sizeof endpoint, CASM_QUEUE_PUBLISHER, 0,
+                          0);
+    self->publishers = zsock_new (ZMQ_DEALER);
+    if (self->publishers) {
+        casm_socket_tune (self->publishers);
+        if (zsock_connect (self->publishers, "%s", endpoint) != 0) {
+            casm_error (NULL, NULL, "cannot connect to %s", endpoint);
+            zsock_destroy (&self->publishers);
+        }
+    }
+    if (self->publishers)
+        self->poller = zpoller_new (self->publishers, NULL);
+
+    if (!self->store || !self->publishers || !self->poller) {
+        casm_worker_destroy (&self);
+        return NULL;
+    }
+    return self;
+}
+
+void
+casm_worker_destroy (casm_worker_t **self_p)
+{
+    casm_worker_t *self = *self_p;
+    if (!self)
+        return;
+    zpoller_destroy (&self->poller);
+    casm_stage_destroy (&self->stage);
+    zsock_destroy (&self->publishers);
+    casm_store_destroy (&self->store);
+    free (self);
+    *self_p = NULL;
+}
+
+
+//  --------------------------------------------------------------------
+//  Answers on Q2
+
+//  Sends an answer on Q2 outside the credit protocol (no slot is given
+//  back): the work's envelope, a reply header with this status and no
+//  flags, and the body. Destroys the work.
+static void
+s_answer (casm_worker_t *self, casm_work_t **work_p, uint16_t status,
+          const char *body, size_t body_size)
+{
+    casm_work_t *work = *work_p;
+    casm_header_t header = work->header;
+    header.version = CASM_MSG_VERSION;
+    header.kind = CASM_KIND_REPLY;
+    header.status = status;
+    header.flags = 0;
+
+    zmsg_t *msg = casm_work_message (work, CASM_CMD_REPLY, &header, body,
+                                     body_size, NULL, 0);
+    casm_work_destroy (work_p);
+    if (casm_msg_send (&msg, zsock_resolve (casm_stage_socket (self->stage)))
+        != 0)
+        casm_warn (header.request_id, NULL, "could not answer on Q2");
+}
+
+//  Forwards the work to Q3 with this status, body and event, and gives its
+//  slot back. When Q3 refuses the message, answers on Q2 directly: the
+//  change is committed and its event waits in the outbox. A PING that
+//  cannot go on is answered 503.
+static void
+s_forward (casm_worker_t *self, casm_work_t **work_p, uint16_t status,
+           const char *body, size_t body_size, const char *event,
+           size_t event_size)
+{
+    casm_work_t *work = *work_p;
+    *work_p = NULL;
+    work->header.status = status;
+    work->header.flags = 0;
+    int64_t deadline = work->header.deadline_ms;
+
+    //  Keep what a direct answer needs, since forwarding consumes the work.
+    casm_work_t *fallback = calloc (1, sizeof *fallback);
+    if (fallback) {
+        fallback->envelope = zmsg_dup (work->envelope);
+        fallback->header = work->header;
+        fallback->body = zframe_new (NULL, 0);
+    }
+
+    if (casm_work_forward (&work, zsock_resolve (self->publishers), body,
+                           body_size, event, event_size) == 0) {
+        self->pending++;
+        if (deadline > self->pending_until)
+            self->pending_until = deadline;
+        casm_work_destroy (&fallback);
+    }
+    else
+    if (fallback && fallback->envelope) {
+        int ping = fallback->header.op == CASM_OP_PING;
+        casm_warn (fallback->header.request_id, NULL,
+                   "Q3 refused the message; answering directly%s",
+                   ping ? "" : ", the event stays in the outbox");
+        s_answer (self, &fallback, ping ? 503 : status, body, body_size);
+    }
+    else {
+        casm_error (NULL, NULL, "out of memory: a unit is not answered");
+        casm_work_destroy (&fallback);
+    }
+    casm_stage_release (self->stage, 1);
+}
+
+
+//  --------------------------------------------------------------------
+//  Units of work
+
+//  The readiness probe: PostgreSQL answers, so the probe goes on to the
+//  publishers with our state added; else it ends here with 503.
+static void
+s_ping (casm_worker_t *self, casm_work_t **work_p)
+{
+    size_t size;
+    const char *text = casm_work_body (*work_p, &size);
+    json_t *body = json_loadb (text, size, 0, NULL);
+    if (!json_is_object (body)) {
+        json_decref (body);
+        body = json_object ();
+    }
+    json_object_set_new (body, "worker", json_string ("up"));
+
+    int up = casm_store_ping (self->store) == 0;
+    if (!up)
+        json_object_set_new (body, "postgres", json_string ("down"));
+    char *reply = json_dumps (body, JSON_COMPACT);
+    json_decref (body);
+    size = reply ? strlen (reply) : 0;
+
+    if (up)
+        s_forward (self, work_p, 200, reply, size, NULL, 0);
+    else
+        casm_stage_reply (self->stage, work_p, 503, 0, reply, size);
+    free (reply);
+}
+
+static void
+s_unit (casm_worker_t *self)
+{
+    casm_work_t *work = casm_stage_recv (self->stage);
+    if (!work)
+        return;
+
+    if (work->header.version != CASM_MSG_VERSION) {
+        casm_warn (NULL, json_pack ("{si}", "version", work->header.version),
+                   "received a message of an unknown version");
+        size_t size;
+        char *body = casm_error_body (500, CASM_ERR_INTERNAL, NULL, NULL,
+                                      NULL, NULL, &size);
+        casm_stage_reply (self->stage, &work, 500, 0, body, size);
+        free (body);
+        return;
+    }
+
+    //  The gateway has answered 504 already and nothing was done: the
+    //  client may retry, so doing it now could only surprise it.
+    if (work->header.deadline_ms
+    &&  work->header.deadline_ms <= casm_now_ms ()) {
+        casm_debug (work->header.request_id,
+                    json_pack ("{ss}", "operation",
+                               casm_op_name (work->header.op)),
+                    "skipped a unit past its deadline");
+        casm_work_destroy (&work);
+        casm_stage_release (self->stage, 1);
+        return;
+    }
+
+    if (work->header.op == CASM_OP_PING) {
+        s_ping (self, &work);
+        return;
+    }
+
+    size_t size;
+    const char *command = casm_work_body (work, &size);
+    casm_outcome_t outcome = { 0 };
+    casm_store_execute (self->store, work->header.op, command, size,
+                        &outcome);
+    if (!outcome.body)
+        outcome.body = casm_error_body (500, CASM_ERR_INTERNAL, NULL, NULL,
+                                        NULL, NULL, &outcome.body_size);
+
+    if (outcome.event)
+        s_forward (self, &work, outcome.status, outcome.body,
+                   outcome.body_size, outcome.event, outcome.event_size);
+    else
+        casm_stage_reply (self->stage, &work, outcome.status, outcome.flags,
+                          outcome.body, outcome.body_size);
+    casm_outcome_clear (&outcome);
+}
+
+
+//  --------------------------------------------------------------------
+//  Replies from Q3
+
+//  A readiness probe that no publisher took ends here: 503, with the
+//  publishers' state added to the body.
+static void
+s_ping_rejected (casm_worker_t *self, casm_work_t **work_p)
+{
+    size_t size;
+    const char *text = casm_work_body (*work_p, &size);
+    json_t *body = json_loadb (text, size, 0, NULL);
+    if (!json_is_object (body)) {
+        json_decref (body);
+        body = json_object ();
+    }
+    json_object_set_new (body, "publisher", json_string ("down"));
+    char *reply = json_dumps (body, JSON_COMPACT);
+    json_decref (body);
+    s_answer (self, work_p, 503, reply ? reply : "{}",
+              reply ? strlen (reply) : 2);
+    free (reply);
+}
+
+//  A reply from the publishers goes back to Q2 as it is, unless the broker
+//  rejected the unit (no publisher could take it): then the change is
+//  committed and in the outbox, and the answer is the success.
+static void
+s_relay (casm_worker_t *self)
+{
+    zmsg_t *msg = zmsg_recv (self->publishers);
+    if (!msg)
+        return;
+    if (self->pending > 0)
+        self->pending--;
+    if (!self->stage) {
+        zmsg_destroy (&msg);
+        return;
+    }
+
+    zframe_t *frame = zmsg_first (msg);
+    while (frame && zframe_size (frame) > 0)
+        frame = zmsg_next (msg);
+    frame = frame ? zmsg_next (msg) : NULL;
+    casm_header_t header;
+    if (!frame || casm_header_decode (frame, &header) != 0
+    ||  !(header.flags & CASM_FLAG_REJECTED)) {
+        if (casm_stage_relay (self->stage, &msg) != 0)
+            casm_warn (NULL, NULL, "could not relay a reply to Q2");
+        return;
+    }
+
+    casm_work_t *work = casm_work_take (&msg);
+    if (!work)
+        return;
+    if (work->header.op == CASM_OP_PING) {
+        s_ping_rejected (self, &work);
+        return;
+    }
+    uint16_t status = work->header.op == CASM_OP_CREATE ? 201 : 200;
+    casm_debug (work->header.request_id, NULL,
+                "no publisher took the event; it stays in the outbox");
+
+    //  s_answer copies the body into the answer before it destroys the
+    //  work that holds it.
+    size_t size;
+    const char *body = casm_work_body (work, &size);
+    s_answer (self, &work, status, body, size);
+}
+
+
+//  --------------------------------------------------------------------
+//  The loop
+
+static void
+s_housekeeping (casm_worker_t *self, int64_t now)
+{
+    if (now < self->next_housekeeping || !casm_store_ready (self->store))
+        return;
+
+    int deleted = casm_store_purge_requests (self->store,
+                                             self->retention_hours,
+                                             HOUSEKEEPING_BATCH);
+    if (deleted > 0)
+        casm_debug (NULL, json_pack ("{si}", "deleted", deleted),
+                    "deleted old idempotency records");
+    self->next_housekeeping = now + (deleted == HOUSEKEEPING_BATCH
+                                     ? 1000 : HOUSEKEEPING_MS);
+}
+
+//  Until PostgreSQL is there, try it once a second; once it is, join Q2.
+static void
+s_connect (casm_worker_t *self, int64_t now)
+{
+    if (self->stage || now < self->next_connect)
+        return;
+    self->next_connect = now + 1000;
+    if (casm_store_open (self->store) != 0)
+        return;
+
+    self->stage = casm_stage_new (CASM_QUEUE_WORKER, self->credit);
+    if (!self->stage)
+        return;
+    zpoller_add (self->poller, casm_stage_socket (self->stage));
+    self->next_housekeeping = now;
+    casm_info (NULL, json_pack ("{si}", "credit", self->credit),
+               "worker ready");
+}
+
+int
+casm_worker_run (casm_worker_t *self, volatile sig_atomic_t *stop)
+{
+    int64_t drain_start = 0;
+    while (1) {
+        int64_t now = casm_now_ms ();
+        if (*stop && !drain_start) {
+            drain_start = now;
+            if (self->stage)
+                casm_stage_drain (self->stage);
+            casm_info (NULL, json_pack ("{si}", "pending", self->pending),
+                       "draining");
+        }
+        if (drain_start) {
+            int answered = self->pending == 0 || now > self->pending_until;
+            if (!self->stage
+            ||  (answered && now - drain_start >= DRAIN_LINGER_MS))
+                break;
+            if (now - drain_start >= self->grace_ms) {
+                casm_warn (NULL, json_pack ("{si}", "pending",
+                                            self->pending),
+                           "grace period over, replies left unrelayed");
+                break;
+            }
+        }
+
+        s_connect (self, now);
+        if (self->stage) {
+            casm_stage_tick (self->stage);
+            s_housekeeping (self, now);
+        }
+
+        void *which = zpoller_wait (self->poller, POLL_MS);
+        if (which == self->publishers)
+            s_relay (self);
+        else
+        if (self->stage && which == casm_stage_socket (self->stage))
+            s_unit (self);
+    }
+    casm_info (NULL, NULL, "worker stopped");
+    return 0;
+}
