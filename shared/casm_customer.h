@@ -2,27 +2,15 @@
 
     Both the validator (readCustomer) and the worker (after a change) need
     the customer JSON of DESIGN.md 2.2. It is made in SQL from a row of
-    casm.customers aliased "c", so the text stored in the outbox, returned
-    to the client and published to Kafka is one and the same.               */
+    casm.customers aliased "c" (function casm.customer_json, migration
+    0002), so the text stored in the outbox, returned to the client and
+    published to Kafka is one and the same.               */
 
 #ifndef CASM_CUSTOMER_H
 #define CASM_CUSTOMER_H
 
 //  A SQL expression of type text: the customer JSON of row alias c.
-#define CASM_CUSTOMER_JSON_SQL \
-    "json_build_object(" \
-    "'refId', c.ref_id, " \
-    "'externalId', c.external_id, " \
-    "'customName', c.custom_name, " \
-    "'customerSegment', c.customer_segment, " \
-    "'state', json_build_object('state', c.state, " \
-    "'stateReason', c.state_reason, " \
-    "'stateValidFrom', casm.rfc3339(c.state_valid_from)), " \
-    "'testCustomer', c.test_customer, " \
-    "'customAttributes', c.custom_attributes, " \
-    "'version', c.version, " \
-    "'createdAt', casm.rfc3339(c.created_at), " \
-    "'modifiedAt', casm.rfc3339(c.modified_at))::text"
+#define CASM_CUSTOMER_JSON_SQL "casm.customer_json (c)"
 
 //  Limits of DESIGN.md 2.1.
 #define CASM_ATTRIBUTES_MAX 256

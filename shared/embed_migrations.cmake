@@ -1,4 +1,7 @@
-# Writes OUTPUT: a C array of { version name, SQL text } from INPUTS.
+# Writes OUTPUT: a C array of { file name, SQL text } from DIR/*.sql, in
+# name order.
+file(GLOB INPUTS ${DIR}/*.sql)
+list(SORT INPUTS)
 set(body "/* Generated from the files in migrations/: do not edit. */\n")
 string(APPEND body "#include <stddef.h>\n")
 string(APPEND body "#include \"casm_migrate.h\"\n\n")

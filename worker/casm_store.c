@@ -98,14 +98,16 @@ static const char *s_update_attributes_sql =
     S_RECORD ("updateCustomerCustomAttributes", "200");
 
 //  $1 request id, $2 hash, $3 external id, $4 custom name, $5 segment,
-//  $6 state, $7 test customer, $8 attributes.
+//  $6 state, $7 test customer, $8 attributes, $9 state reason.
 static const char *s_create_customer_sql =
     "WITH ids AS (SELECT gen_random_uuid () AS tid), "
     "changed AS ("
     " INSERT INTO casm.customers AS c (external_id, custom_name,"
-    " customer_segment, state, test_customer, custom_attributes)"
+    " customer_segment, state, test_customer, custom_attributes,"
+    " state_reason)"
     " VALUES ($3::text, $4::text, $5::text, coalesce ($6::text, 'ACTIVE'),"
-    " coalesce ($7::boolean, false), coalesce ($8::jsonb, '{}'::jsonb))"
+    " coalesce ($7::boolean, false), coalesce ($8::jsonb, '{}'::jsonb),"
+    " $9::text)"
     " ON CONFLICT (external_id) DO NOTHING"
     S_CHANGED_RETURNING ", "
     S_RECORD ("createCustomer", "201");
@@ -203,7 +205,7 @@ typedef struct {
     json_t *json;
     const char *request_id;
     const char *hash;
-    const char *params [8];
+    const char *params [9];
     int count;
     char *attributes;           // compact JSON text of customAttributes
 } s_command_t;
@@ -858,6 +860,7 @@ casm_store_create_customer (casm_store_t *self, const char *text,
     const char *name = s_string (command.json, "customName", &ok);
     const char *segment = s_string (command.json, "customerSegment", &ok);
     const char *state = s_string (command.json, "state", &ok);
+    const char *reason = s_string (command.json, "stateReason", &ok);
     json_t *test = json_object_get (command.json, "testCustomer");
     if (!ok || !external_id
     ||  (test && !json_is_boolean (test) && !json_is_null (test))) {
@@ -873,7 +876,8 @@ casm_store_create_customer (casm_store_t *self, const char *text,
     command.params [6] = json_is_boolean (test)
                          ? (json_is_true (test) ? "true" : "false") : NULL;
     command.params [7] = command.attributes;
-    command.count = 8;
+    command.params [8] = reason;
+    command.count = 9;
     s_change (self, &s_create_customer, &command, outcome);
     s_command_destroy (&command);
     return outcome->status;
