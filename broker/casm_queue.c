@@ -39,6 +39,7 @@ typedef struct {
     char key [KEY_SIZE];        // identity in hex: table key, log name
     zframe_t *identity;         // the routing frame for the backend
     int64_t credit;             // units it will take now
+    int64_t sent;               // units sent to it, modulo CASM_COUNT_MOD
     int64_t last_seen;          // monotonic ms of its last message
     bool draining;              // said "D": no more work, replies still
     void *ready;                // handle in the ready ring, or NULL
@@ -347,6 +348,7 @@ s_dispatch (casm_queue_t *self)
             self->stats.dispatched++;
             refused = 0;
             instance->credit--;
+            instance->sent = (instance->sent + 1) % CASM_COUNT_MOD;
             zlistx_move_end (self->ready, instance->ready);
             s_instance_update (self, instance);
         }
@@ -536,6 +538,30 @@ s_credit (casm_queue_t *self, s_instance_t *instance, int64_t count)
     s_instance_update (self, instance);
 }
 
+//  A heartbeat says how many slots the instance has free and how many
+//  units it has received in all. What we sent that it has not received
+//  yet is still on the way and takes slots too; the rest is its credit.
+//  This corrects the credit should a "C" have been lost.
+static void
+s_heartbeat (casm_queue_t *self, s_instance_t *instance, int64_t free_slots,
+             zframe_t *received_frame)
+{
+    int64_t received = 0;
+    if (instance->draining || !received_frame
+        || s_count (received_frame, &received) != 0)
+        return;
+
+    int64_t on_the_way = (instance->sent - received + CASM_COUNT_MOD)
+                         % CASM_COUNT_MOD;
+    int64_t credit = free_slots - on_the_way;
+    if (credit < 0)
+        credit = 0;
+    if (credit != instance->credit) {
+        instance->credit = credit;
+        s_instance_update (self, instance);
+    }
+}
+
 //  Passes everything after the command to the frontend, which routes it
 //  by its first frame, the upstream identity.
 static void
@@ -591,6 +617,8 @@ s_backend_message (casm_queue_t *self, zmsg_t *msg)
         else
         if (credit)
             s_credit (self, instance, count);
+        else
+            s_heartbeat (self, instance, count, zmsg_next (msg));
     }
     else
     if (command && zframe_streq (command, CASM_CMD_DRAIN)) {

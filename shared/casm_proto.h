@@ -7,9 +7,14 @@
     starts with a one-byte command frame:
 
         "C" [n]          n more free slots (decimal text): credit
-        "H" [free]       heartbeat, with the instance's free slots now; an
-                         instance the broker does not know (a restarted
-                         broker) is registered with that credit
+        "H" [free] [received]
+                         heartbeat, with the instance's free slots now and
+                         the count of units it has received (modulo
+                         CASM_COUNT_MOD); the broker sets the credit to
+                         free minus what it sent that was not received
+                         yet, which repairs a lost "C"; an instance the
+                         broker does not know (a restarted broker) is
+                         registered with credit = free
         "R" [envelope] [header] [body]
                          a reply, passed to the frontend as it is
         "D"              draining: send me no more work
@@ -25,6 +30,9 @@
 #define CASM_CMD_HEARTBEAT "H"
 #define CASM_CMD_REPLY "R"
 #define CASM_CMD_DRAIN "D"
+
+//  Unit counters in heartbeats wrap at this value.
+#define CASM_COUNT_MOD 1000000
 
 #define CASM_QUEUE_VALIDATOR 1
 #define CASM_QUEUE_WORKER 2

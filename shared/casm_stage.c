@@ -9,6 +9,7 @@ struct casm_stage_t {
     zsock_t *socket;
     int capacity;
     int free;
+    int64_t received;           // units received, modulo CASM_COUNT_MOD
     int draining;
     int64_t next_heartbeat;
 };
@@ -33,6 +34,8 @@ s_send_count (casm_stage_t *self, const char *command, int count)
     zmsg_t *msg = zmsg_new ();
     zmsg_addstr (msg, command);
     zmsg_addstrf (msg, "%d", count);
+    if (streq (command, CASM_CMD_HEARTBEAT))
+        zmsg_addstrf (msg, "%lld", (long long) self->received);
     casm_msg_send (&msg, zsock_resolve (self->socket));
 }
 
@@ -91,6 +94,7 @@ casm_stage_recv (casm_stage_t *self)
         return NULL;
 
     self->free--;
+    self->received = (self->received + 1) % CASM_COUNT_MOD;
     casm_work_t *work = casm_work_take (&msg);
     if (!work)
         casm_stage_release (self, 1);
