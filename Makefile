@@ -1,0 +1,35 @@
+# casm: the developer entry points. Every target installs what is missing
+# first (scripts/deps.sh is quick when nothing is), so each works on a fresh
+# Debian machine.
+#
+#   make build   configure and compile into $(BUILD_DIR)
+#   make test    build, then run every CTest suite
+#   make up      build, then run the local stack (scripts/up.sh)
+#   make clean   remove $(BUILD_DIR)
+
+BUILD_DIR ?= build
+BUILD_TYPE ?= RelWithDebInfo
+JOBS ?= 2
+CMAKE_ARGS ?=
+TEST_TIMEOUT ?= 600
+
+.DEFAULT_GOAL := build
+.PHONY: deps build test up clean
+
+deps:
+	scripts/deps.sh
+
+build: deps
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS)
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+
+test: build
+	ctest --test-dir $(BUILD_DIR) --output-on-failure \
+	    --timeout $(TEST_TIMEOUT) --no-tests=error
+
+# exec: up.sh becomes the recipe's process and gets Ctrl-C and SIGTERM itself.
+up: build
+	exec env BUILD_DIR=$(BUILD_DIR) scripts/up.sh
+
+clean:
+	rm -rf $(BUILD_DIR)
