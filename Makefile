@@ -5,6 +5,8 @@
 #   make build   configure and compile into $(BUILD_DIR)
 #   make test    build, then run every CTest suite
 #   make up      build, then run the local stack (scripts/up.sh)
+#   make bench   optimised build in build-bench, then casm end to end
+#                beside pgbench (bench/run.sh, docs/benchmarks.md)
 #   make clean   remove $(BUILD_DIR)
 
 BUILD_DIR ?= build
@@ -12,12 +14,14 @@ BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= 2
 CMAKE_ARGS ?=
 TEST_TIMEOUT ?= 600
+# DEPS=build installs only what compiling needs (the Dockerfile does).
+DEPS ?=
 
 .DEFAULT_GOAL := build
-.PHONY: deps build test up clean
+.PHONY: deps build test up bench clean
 
 deps:
-	scripts/deps.sh
+	scripts/deps.sh $(DEPS)
 
 build: deps
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS)
@@ -30,6 +34,9 @@ test: build
 # exec: up.sh becomes the recipe's process and gets Ctrl-C and SIGTERM itself.
 up: build
 	exec env BUILD_DIR=$(BUILD_DIR) scripts/up.sh
+
+bench: deps
+	bench/run.sh
 
 clean:
 	rm -rf $(BUILD_DIR)

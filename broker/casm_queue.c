@@ -14,6 +14,7 @@
     one too), the message is still whole here and goes back where it was.  */
 
 #include "casm_queue.h"
+#include "casm_curve.h"
 #include "casm_log.h"
 #include "casm_msg.h"
 #include "casm_proto.h"
@@ -40,6 +41,7 @@ typedef struct {
     zframe_t *identity;         // the routing frame for the backend
     int64_t credit;             // units it will take now
     int64_t sent;               // units sent to it, modulo CASM_COUNT_MOD
+    bool counted;               // sent is in step with its received count
     int64_t last_seen;          // monotonic ms of its last message
     bool draining;              // said "D": no more work, replies still
     void *ready;                // handle in the ready ring, or NULL
@@ -407,6 +409,10 @@ casm_queue_new (int queue, const char *frontend, const char *backend,
         }
         casm_socket_tune (socket);
         zsock_set_router_mandatory (socket, 1);
+        if (casm_curve_server (socket) != 0) {
+            casm_queue_destroy (&self);
+            return NULL;
+        }
         if (zsock_bind (socket, "%s", endpoints [i]) == -1) {
             casm_error (NULL, s_fields (self, NULL), "cannot bind %s: %s",
                         endpoints [i], zmq_strerror (errno));
@@ -551,6 +557,12 @@ s_heartbeat (casm_queue_t *self, s_instance_t *instance, int64_t free_slots,
         || s_count (received_frame, &received) != 0)
         return;
 
+    //  An instance that joined with a "C" has received work from another
+    //  broker (this one restarted): its count is where ours starts.
+    if (!instance->counted) {
+        instance->sent = received;
+        instance->counted = true;
+    }
     int64_t on_the_way = (instance->sent - received + CASM_COUNT_MOD)
                          % CASM_COUNT_MOD;
     int64_t credit = free_slots - on_the_way;
@@ -610,10 +622,19 @@ s_backend_message (casm_queue_t *self, zmsg_t *msg)
                        "dropped a bad count from an instance");
         }
         else
-        if (!instance)
+        if (!instance) {
             //  A heartbeat from a stranger is how a restarted broker
-            //  learns its instances again: its free slots are its credit.
-            s_instance_register (self, identity, key, count);
+            //  learns its instances again: its free slots are its credit,
+            //  and the units it has received so far (from the broker
+            //  before us, maybe) are where our count of units sent starts.
+            instance = s_instance_register (self, identity, key, count);
+            int64_t received = 0;
+            if (instance && !credit
+            &&  s_count (zmsg_next (msg), &received) == 0) {
+                instance->sent = received;
+                instance->counted = true;
+            }
+        }
         else
         if (credit)
             s_credit (self, instance, count);
@@ -752,6 +773,12 @@ casm_queue_stats (casm_queue_t *self, casm_queue_stats_t *stats)
     stats->instances = zhashx_size (self->instances);
     stats->accepting = self->accepting;
     stats->waiting = zlistx_size (self->fifo);
+    stats->credit = 0;
+    s_instance_t *instance = (s_instance_t *) zhashx_first (self->instances);
+    while (instance) {
+        stats->credit += instance->credit;
+        instance = (s_instance_t *) zhashx_next (self->instances);
+    }
 }
 
 void

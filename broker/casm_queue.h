@@ -35,6 +35,7 @@ typedef struct {
     size_t instances;           // instances registered now
     size_t accepting;           // of those, not draining
     size_t waiting;             // work in the FIFO now
+    int64_t credit;             // credit of all instances now
     uint64_t dispatched;        // work sent to an instance
     uint64_t replies;           // replies passed upstream
     uint64_t rejected;          // answered 503 REJECTED

@@ -18,14 +18,19 @@
         answer is written, so a slot is never reused under a connection.
 
     Answers that need no pipeline (404, 405, 415, 413, 503 at the cap,
-    /health) are queued at once and hold no slot.                         */
+    /health, /openapi.yaml) are queued at once and hold no slot.          */
 
 #include "casm_gateway.h"
+#include "casm_auth.h"
 #include "casm_config.h"
+#include "casm_curve.h"
 #include "casm_error.h"
+#include "casm_guard.h"
 #include "casm_inflight.h"
 #include "casm_log.h"
+#include "casm_metrics.h"
 #include "casm_msg.h"
+#include "casm_openapi.h"
 #include "casm_route.h"
 #include "casm_stage.h"
 
@@ -55,9 +60,17 @@
 #define FLUSH_MS 1000
 
 //  MHD's per-connection memory: request headers and the read buffer.
+//  Headers that do not fit are refused by MHD (431).
 #define CONNECTION_MEMORY (64 * 1024)
 
+//  HTTPS: TLS 1.2 and 1.3 only, GnuTLS's normal cipher choice otherwise.
+#define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+
+//  The largest certificate or key file read.
+#define PEM_MAX (1024 * 1024)
+
 #define JSON_TYPE "application/json; charset=utf-8"
+#define OPENAPI_TYPE "application/yaml"
 
 //  Causes of 5xx answers; each is logged at most once a second.
 typedef enum {
@@ -67,6 +80,7 @@ typedef enum {
     WARN_REJECTED,
     WARN_REPLY,
     WARN_MEMORY,
+    WARN_AUTH,                          // 401s: no valid API key
     WARN_CAUSES
 } warn_cause_t;
 
@@ -79,6 +93,10 @@ struct casm_gateway_t {
     zsock_t *dealer;
     void *pipeline;                     // the DEALER's libzmq handle
     casm_inflight_t *inflight;
+    casm_auth_t *auth;                  // API keys, or NULL: none needed
+    casm_guard_t *guard;                // receive deadlines
+    char *tls_cert;                     // PEM text, while MHD runs
+    char *tls_key;
 
     int draining;
     int64_t drain_deadline;             // grace period ends
@@ -86,6 +104,11 @@ struct casm_gateway_t {
 
     uint8_t random [4096];              // for fresh trace ids
     size_t random_left;
+
+    //  The request this call of s_access answers, for the metrics:
+    //  its operation and its arrival (casm_metrics_now_us).
+    const char *answering;
+    int64_t answering_since;
 
     struct {
         int64_t last;
@@ -97,6 +120,7 @@ struct casm_gateway_t {
 //  before zmq_poll still wakes it.
 static int s_signal_pipe [2] = { -1, -1 };
 static volatile sig_atomic_t s_signals = 0;
+static volatile sig_atomic_t s_hangups = 0;
 
 
 static int64_t
@@ -158,6 +182,19 @@ s_signal (int signum)
     errno = saved;
 }
 
+//  SIGHUP: the loop re-reads the API keys (not here: it allocates).
+static void
+s_hangup (int signum)
+{
+    (void) signum;
+    s_hangups = 1;
+
+    int saved = errno;
+    ssize_t rc = write (s_signal_pipe [1], "h", 1);
+    (void) rc;
+    errno = saved;
+}
+
 static int
 s_signals_catch (void)
 {
@@ -176,6 +213,8 @@ s_signals_catch (void)
     sigemptyset (&action.sa_mask);
     sigaction (SIGINT, &action, NULL);
     sigaction (SIGTERM, &action, NULL);
+    action.sa_handler = s_hangup;
+    sigaction (SIGHUP, &action, NULL);
 
     //  MHD sends with MSG_NOSIGNAL; this is for anything else.
     signal (SIGPIPE, SIG_IGN);
@@ -199,6 +238,19 @@ casm_gateway_config_load (casm_gateway_config_t *config)
         casm_config_int ("REQUEST_TIMEOUT_MS", 5000, 1, 3600000);
     config->grace_ms =
         casm_config_int ("SHUTDOWN_GRACE_MS", 10000, 0, 3600000);
+    config->max_connections_per_ip = (unsigned)
+        casm_config_int ("HTTP_MAX_CONNECTIONS_PER_IP", 0, 0, 1000000);
+    config->receive_timeout_s = (unsigned)
+        casm_config_int ("HTTP_RECEIVE_TIMEOUT_S", 30, 1, 86400);
+    config->api_keys_file = casm_config_str ("API_KEYS_FILE", NULL);
+    config->tls_cert_file = casm_config_str ("TLS_CERT_FILE", NULL);
+    config->tls_key_file = casm_config_str ("TLS_KEY_FILE", NULL);
+    if (!config->tls_cert_file != !config->tls_key_file) {
+        fprintf (stderr, "casm: invalid %s: TLS_CERT_FILE and TLS_KEY_FILE "
+                 "must be set together\n", config->tls_cert_file
+                 ? "TLS_KEY_FILE" : "TLS_CERT_FILE");
+        exit (2);
+    }
 }
 
 //  A fresh trace id: 32 hex digits from the kernel's random source, read
@@ -250,7 +302,36 @@ s_trace_id (casm_gateway_t *self, struct MHD_Connection *connection,
 typedef struct {
     const char *allow;                  // 405: the allowed method
     int replayed;                       // Idempotent-Replayed: true
+    const char *type;                   // Content-Type, when not JSON
+    const char *challenge;              // 401: WWW-Authenticate
 } answer_extra_t;
+
+//  The operation label of a route for the metrics: bounded, never a path.
+static const char *
+s_operation (int kind, int op)
+{
+    switch (kind) {
+        case CASM_ROUTE_OPERATION: return casm_op_name (op);
+        case CASM_ROUTE_HEALTH:    return "health";
+        case CASM_ROUTE_READY:     return "ready";
+        case CASM_ROUTE_METRICS:   return "metrics";
+        case CASM_ROUTE_OPENAPI:   return "openapi";
+        default:                   return "other";
+    }
+}
+
+//  An answer was queued: count it, and at debug level log it.
+static void
+s_answered (casm_gateway_t *self, unsigned status, const char *trace_id)
+{
+    double seconds = (casm_metrics_now_us () - self->answering_since) / 1e6;
+    const char *operation = self->answering ? self->answering : "unknown";
+    casm_metrics_request (operation, status, seconds);
+    casm_debug (NULL, json_pack ("{s:s, s:s, s:i, s:f}", "traceId", trace_id,
+                                 "operation", operation, "status",
+                                 (int) status, "ms", seconds * 1000),
+                "answered");
+}
 
 //  Queues an answer. body is used as mode says (MHD_RESPMEM_MUST_FREE
 //  hands it over, even on failure).
@@ -270,7 +351,7 @@ s_respond (casm_gateway_t *self, struct MHD_Connection *connection,
     }
 
     MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE,
-                             JSON_TYPE);
+                             extra && extra->type ? extra->type : JSON_TYPE);
     MHD_add_response_header (response, "X-Request-Id", trace_id);
     if (status == MHD_HTTP_SERVICE_UNAVAILABLE)
         MHD_add_response_header (response, MHD_HTTP_HEADER_RETRY_AFTER, "1");
@@ -279,6 +360,9 @@ s_respond (casm_gateway_t *self, struct MHD_Connection *connection,
                                  extra->allow);
     if (extra && extra->replayed)
         MHD_add_response_header (response, "Idempotent-Replayed", "true");
+    if (extra && extra->challenge)
+        MHD_add_response_header (response, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                 extra->challenge);
 
     //  A draining gateway sends its keep-alive clients elsewhere.
     if (self->draining)
@@ -287,6 +371,8 @@ s_respond (casm_gateway_t *self, struct MHD_Connection *connection,
 
     enum MHD_Result rc = MHD_queue_response (connection, status, response);
     MHD_destroy_response (response);
+    if (rc == MHD_YES)
+        s_answered (self, status, trace_id);
     return rc;
 }
 
@@ -314,6 +400,12 @@ s_respond_ready (casm_gateway_t *self, casm_request_t *request)
     json_t *answer = json_object ();
     json_object_set_new (answer, "status", json_string ("not-ready"));
 
+    //  The gateway answers, so it is up; a reply came back through the
+    //  broker, so that is up too.
+    json_object_set_new (answer, "gateway", json_string ("up"));
+    if (request->has_reply)
+        json_object_set_new (answer, "broker", json_string ("up"));
+
     if (request->has_reply) {
         json_t *fields = json_loadb (zmq_msg_data (&request->reply),
                                      zmq_msg_size (&request->reply), 0,
@@ -324,6 +416,18 @@ s_respond_ready (casm_gateway_t *self, casm_request_t *request)
     }
     if (request->down)
         json_object_set_new (answer, request->down, json_string ("down"));
+
+    //  A probe the broker rejected stopped at the first stage that had no
+    //  instance to take it (each stage adds itself to what it forwards).
+    if (request->has_reply && (request->flags & CASM_FLAG_REJECTED)) {
+        static const char *stages [] = { "validator", "worker", "publisher" };
+        for (int i = 0; i < 3; i++)
+            if (!json_object_get (answer, stages [i])) {
+                json_object_set_new (answer, stages [i],
+                                     json_string ("down"));
+                break;
+            }
+    }
 
     int ready = !request->error_code && !request->down
              && request->status == MHD_HTTP_OK;
@@ -337,6 +441,22 @@ s_respond_ready (casm_gateway_t *self, casm_request_t *request)
     unsigned status = ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
     return s_respond (self, request->connection, status, body, strlen (body),
                       MHD_RESPMEM_MUST_FREE, request->trace_id, NULL);
+}
+
+//  GET /metrics: the process registry in Prometheus text format.
+static enum MHD_Result
+s_respond_metrics (casm_gateway_t *self, struct MHD_Connection *connection,
+                   const char *trace_id)
+{
+    size_t size = 0;
+    char *text = casm_metrics_render (NULL, &size);
+    if (!text)
+        return s_respond_error (self, connection,
+                                MHD_HTTP_INTERNAL_SERVER_ERROR,
+                                CASM_ERR_INTERNAL, trace_id, NULL);
+    answer_extra_t extra = { .type = CASM_METRICS_CONTENT_TYPE };
+    return s_respond (self, connection, MHD_HTTP_OK, text, size,
+                      MHD_RESPMEM_MUST_FREE, trace_id, &extra);
 }
 
 //  Answers a request whose outcome is known: the pipeline's reply, or an
@@ -457,6 +577,10 @@ s_pipeline_reply (casm_gateway_t *self, zmq_msg_t *frames, int count)
     else {
         request->status = header.status;
         request->flags = header.flags;
+        casm_debug (header.request_id, json_pack ("{s:s, s:s, s:i}",
+                    "traceId", request->trace_id, "operation",
+                    casm_op_name (header.op), "status", header.status),
+                    "reply from the pipeline");
         zmq_msg_init (&request->reply);
         zmq_msg_move (&request->reply, &frames [3]);
         request->has_reply = 1;
@@ -547,6 +671,53 @@ s_pipeline_abandon (casm_gateway_t *self)
 static enum MHD_Result s_request_dispatch (casm_gateway_t *self,
                                            casm_request_t *request);
 
+//  The client's address as text, for the log.
+static void
+s_client_address (struct MHD_Connection *connection, char *address,
+                  size_t size)
+{
+    snprintf (address, size, "unknown");
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info (
+        connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!info || !info->client_addr)
+        return;
+    socklen_t length = info->client_addr->sa_family == AF_INET6
+                     ? sizeof (struct sockaddr_in6)
+                     : sizeof (struct sockaddr_in);
+    if (getnameinfo (info->client_addr, length, address, (socklen_t) size,
+                     NULL, 0, NI_NUMERICHOST) != 0)
+        snprintf (address, size, "unknown");
+}
+
+//  True when the request carries an accepted API key. The key's label is
+//  logged with the request (at debug level); the key never is, and a
+//  refusal says nothing about why.
+static int
+s_authenticate (casm_gateway_t *self, struct MHD_Connection *connection,
+                int op, const char *trace_id)
+{
+    const char *value = NULL;
+    size_t size = 0;
+    if (MHD_lookup_connection_value_n (
+            connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION,
+            strlen (MHD_HTTP_HEADER_AUTHORIZATION), &value, &size) != MHD_YES)
+        value = NULL;
+
+    const char *label = casm_auth_check (self->auth, value, size);
+    if (!label) {
+        char address [NI_MAXHOST];
+        s_client_address (connection, address, sizeof address);
+        s_warn (self, WARN_AUTH, trace_id, "refused a request without a "
+                "valid API key from %s", address);
+        return 0;
+    }
+    casm_debug (NULL, json_pack ("{s:s, s:s, s:s}", "traceId", trace_id,
+                                 "apiKey", label, "operation",
+                                 casm_op_name (op)),
+                "request authenticated");
+    return 1;
+}
+
 static enum MHD_Result
 s_request_begin (casm_gateway_t *self, struct MHD_Connection *connection,
                  const char *url, const char *method, void **con_cls,
@@ -557,9 +728,21 @@ s_request_begin (casm_gateway_t *self, struct MHD_Connection *connection,
 
     casm_route_t route;
     int found = casm_route_find (method, url, &route);
+    self->answering = found == CASM_ROUTE_NOT_FOUND
+                    ? "unknown" : s_operation (route.kind, route.op);
+    self->answering_since = casm_metrics_now_us ();
     if (found == CASM_ROUTE_NOT_FOUND)
         return s_respond_error (self, connection, MHD_HTTP_NOT_FOUND,
                                 CASM_ERR_NOT_FOUND, trace_id, NULL);
+
+    //  The API's operations need a key; /health, /ready and the like do
+    //  not, so that probes and scrapers need no secret.
+    if (route.kind == CASM_ROUTE_OPERATION && self->auth
+    &&  !s_authenticate (self, connection, route.op, trace_id)) {
+        answer_extra_t extra = { .challenge = "Bearer realm=\"casm\"" };
+        return s_respond_error (self, connection, MHD_HTTP_UNAUTHORIZED,
+                                CASM_ERR_UNAUTHORIZED, trace_id, &extra);
+    }
     if (found == CASM_ROUTE_BAD_METHOD) {
         answer_extra_t extra = { .allow = route.allow };
         return s_respond_error (self, connection,
@@ -572,6 +755,14 @@ s_request_begin (casm_gateway_t *self, struct MHD_Connection *connection,
     if (route.kind == CASM_ROUTE_HEALTH)
         return s_respond (self, connection, MHD_HTTP_OK, up, sizeof up - 1,
                           MHD_RESPMEM_PERSISTENT, trace_id, NULL);
+    if (route.kind == CASM_ROUTE_OPENAPI) {
+        answer_extra_t extra = { .type = OPENAPI_TYPE };
+        return s_respond (self, connection, MHD_HTTP_OK, casm_openapi_yaml,
+                          casm_openapi_yaml_size, MHD_RESPMEM_PERSISTENT,
+                          trace_id, &extra);
+    }
+    if (route.kind == CASM_ROUTE_METRICS)
+        return s_respond_metrics (self, connection, trace_id);
 
     if (self->draining) {
         if (route.kind == CASM_ROUTE_READY)
@@ -618,6 +809,7 @@ s_request_begin (casm_gateway_t *self, struct MHD_Connection *connection,
     request->route = route.kind;
     request->op = route.op;
     request->has_body = route.has_body;
+    request->started_us = self->answering_since;
     memcpy (request->trace_id, trace_id, sizeof request->trace_id);
     *con_cls = request;
     return complete ? s_request_dispatch (self, request) : MHD_YES;
@@ -734,6 +926,15 @@ s_request_has_body (struct MHD_Connection *connection)
     return encoding || (length && strspn (length, "0") != strlen (length));
 }
 
+//  The guard's record of a connection (casm_guard), or NULL.
+static casm_guard_conn_t *
+s_guard_conn (struct MHD_Connection *connection)
+{
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info (
+        connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return info ? (casm_guard_conn_t *) info->socket_context : NULL;
+}
+
 static enum MHD_Result
 s_access (void *cls, struct MHD_Connection *connection, const char *url,
           const char *method, const char *version, const char *upload_data,
@@ -742,6 +943,11 @@ s_access (void *cls, struct MHD_Connection *connection, const char *url,
     casm_gateway_t *self = cls;
     casm_request_t *request = *con_cls;
     (void) version;
+
+    //  A call after the first without body data: the whole request has
+    //  arrived, and its receive deadline no longer applies.
+    if (request && !*upload_data_size)
+        casm_guard_disarm (self->guard, s_guard_conn (connection));
 
     //  MHD closes the connection after any answer queued on a request's
     //  first call, as the body is then left unread. A request without a
@@ -753,6 +959,10 @@ s_access (void *cls, struct MHD_Connection *connection, const char *url,
                                     0);
         *con_cls = &s_bodiless;
         return MHD_YES;
+    }
+    if (request != &s_bodiless) {
+        self->answering = s_operation (request->route, request->op);
+        self->answering_since = request->started_us;
     }
     if (request == &s_bodiless) {
         if (*upload_data_size) {
@@ -782,12 +992,50 @@ s_completed (void *cls, struct MHD_Connection *connection, void **con_cls,
 {
     casm_gateway_t *self = cls;
     casm_request_t *request = *con_cls;
-    (void) connection;
-    (void) toe;
 
     if (request && request != &s_bodiless)
         casm_inflight_release (self->inflight, request);
     *con_cls = NULL;
+
+    //  Answered: a kept-alive connection has its time for the next one.
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        casm_guard_arm (self->guard, s_guard_conn (connection), s_now ());
+}
+
+//  Each connection is watched by the guard from its opening to its end.
+static void
+s_connection (void *cls, struct MHD_Connection *connection,
+              void **socket_context, enum MHD_ConnectionNotificationCode code)
+{
+    casm_gateway_t *self = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *info = MHD_get_connection_info (
+            connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = info
+            ? casm_guard_open (self->guard, info->connect_fd, s_now ())
+            : NULL;
+    }
+    else
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        casm_guard_conn_t *conn = *socket_context;
+        casm_guard_close (self->guard, &conn);
+        *socket_context = NULL;
+    }
+}
+
+//  Closes the connections that did not deliver a request in time. The
+//  socket is only shut down: MHD owns the descriptor, sees the end of
+//  the stream and cleans up as for any client that went away.
+static void
+s_guard_expire (casm_gateway_t *self)
+{
+    int64_t now = s_now ();
+    int fd;
+    while ((fd = casm_guard_expired (self->guard, now)) != -1) {
+        casm_debug (NULL, NULL, "closed a connection that delivered no "
+                    "whole request within HTTP_RECEIVE_TIMEOUT_S");
+        shutdown (fd, SHUT_RDWR);
+    }
 }
 
 static void
@@ -809,6 +1057,41 @@ s_mhd_log (void *cls, const char *format, va_list args)
 
 //  --------------------------------------------------------------------
 //  Life cycle
+
+//  The whole of a PEM file, NUL-terminated, for MHD; NULL after logging
+//  why when it cannot be read. variable names the setting in the log.
+static char *
+s_pem_read (const char *path, const char *variable)
+{
+    FILE *file = fopen (path, "r");
+    char *text = file ? malloc (PEM_MAX + 1) : NULL;
+    size_t size = text ? fread (text, 1, PEM_MAX + 1, file) : 0;
+    const char *problem = !file ? strerror (errno)
+                        : !text ? "out of memory"
+                        : ferror (file) ? "read error"
+                        : size == 0 ? "the file is empty"
+                        : size > PEM_MAX ? "the file is larger than 1 MiB"
+                        : NULL;
+    if (file)
+        fclose (file);
+    if (problem) {
+        casm_error (NULL, json_pack ("{s:s}", "file", path),
+                    "cannot read %s: %s", variable, problem);
+        free (text);
+        return NULL;
+    }
+    text [size] = 0;
+    return text;
+}
+
+//  Before each scrape: the requests in flight now.
+static void
+s_metrics_collect (void *arg)
+{
+    casm_gateway_t *self = arg;
+    casm_metrics_inflight (casm_inflight_used (self->inflight),
+                           casm_inflight_capacity (self->inflight));
+}
 
 //  Binds and listens ourselves rather than through MHD, so that a port
 //  that cannot be bound gets a message that says why.
@@ -867,6 +1150,7 @@ casm_gateway_new (const casm_gateway_config_t *config)
         casm_gateway_destroy (&self);
         return NULL;
     }
+    casm_metrics_on_collect (NULL, s_metrics_collect, self);
 
     //  The pipeline first: a request must never find it missing.
     casm_config_endpoint (self->endpoint, sizeof self->endpoint, 1, 0, 0);
@@ -876,6 +1160,7 @@ casm_gateway_new (const casm_gateway_config_t *config)
         zsock_set_immediate (self->dealer, 1);
     }
     if (!self->dealer
+    ||  casm_curve_client (self->dealer) != 0
     ||  zsock_connect (self->dealer, "%s", self->endpoint) != 0) {
         casm_error (NULL, NULL, "cannot connect to the broker at %s",
                     self->endpoint);
@@ -883,6 +1168,46 @@ casm_gateway_new (const casm_gateway_config_t *config)
         return NULL;
     }
     self->pipeline = zsock_resolve (self->dealer);
+
+    //  The keys and the guard before the daemon: no request may find them
+    //  missing.
+    if (config->api_keys_file) {
+        self->auth = casm_auth_new (config->api_keys_file);
+        if (!self->auth) {
+            casm_gateway_destroy (&self);
+            return NULL;
+        }
+    }
+    self->guard = casm_guard_new ((int64_t) config->receive_timeout_s * 1000);
+    if (!self->guard) {
+        casm_gateway_destroy (&self);
+        return NULL;
+    }
+
+    //  HTTPS: MHD reads the PEM text when it starts; it stays ours, and is
+    //  kept until the daemon stops. TODO(#7): read at start only, so a new
+    //  certificate needs a restart; SIGHUP re-reads the API keys alone.
+    struct MHD_OptionItem tls [4] = { { MHD_OPTION_END, 0, NULL } };
+    if (config->tls_cert_file) {
+        if (MHD_is_feature_supported (MHD_FEATURE_TLS) != MHD_YES) {
+            casm_error (NULL, NULL, "TLS_CERT_FILE is set but this "
+                        "libmicrohttpd was built without TLS");
+            casm_gateway_destroy (&self);
+            return NULL;
+        }
+        self->tls_cert = s_pem_read (config->tls_cert_file, "TLS_CERT_FILE");
+        self->tls_key = s_pem_read (config->tls_key_file, "TLS_KEY_FILE");
+        if (!self->tls_cert || !self->tls_key) {
+            casm_gateway_destroy (&self);
+            return NULL;
+        }
+        tls [0] = (struct MHD_OptionItem) {
+            MHD_OPTION_HTTPS_MEM_CERT, 0, self->tls_cert };
+        tls [1] = (struct MHD_OptionItem) {
+            MHD_OPTION_HTTPS_MEM_KEY, 0, self->tls_key };
+        tls [2] = (struct MHD_OptionItem) {
+            MHD_OPTION_HTTPS_PRIORITIES, 0, (void *) TLS_PRIORITIES };
+    }
 
     int family = AF_INET;
     self->listen_fd = s_listen (config, &family);
@@ -897,6 +1222,8 @@ casm_gateway_new (const casm_gateway_config_t *config)
                    | MHD_USE_ERROR_LOG;
     if (family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    if (self->tls_cert)
+        flags |= MHD_USE_TLS;
     self->daemon = MHD_start_daemon (
         flags, (uint16_t) config->port, NULL, NULL, s_access, self,
         MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, self,
@@ -905,10 +1232,15 @@ casm_gateway_new (const casm_gateway_config_t *config)
         MHD_OPTION_CONNECTION_TIMEOUT, config->idle_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) CONNECTION_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, s_completed, self,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, config->max_connections_per_ip,
+        MHD_OPTION_NOTIFY_CONNECTION, s_connection, self,
+        MHD_OPTION_ARRAY, tls,
         MHD_OPTION_END);
     if (!self->daemon) {
-        casm_error (NULL, NULL, "cannot start the HTTP server on %s:%d",
-                    config->bind, config->port);
+        casm_error (NULL, NULL, "cannot start the HTTP server on %s:%d%s",
+                    config->bind, config->port, self->tls_cert
+                    ? " (are TLS_CERT_FILE and TLS_KEY_FILE a PEM "
+                      "certificate and its private key?)" : "");
         casm_gateway_destroy (&self);
         return NULL;
     }
@@ -929,7 +1261,17 @@ casm_gateway_new (const casm_gateway_config_t *config)
         "maxInflight", (int) config->max_inflight,
         "requestTimeoutMs", (json_int_t) config->request_timeout_ms,
         "maxBodyBytes", (json_int_t) config->max_body);
-    casm_info (NULL, fields, "listening on http://%s:%d", config->bind,
+    if (fields) {
+        json_object_set_new (fields, "tls", json_boolean (self->tls_cert));
+        json_object_set_new (fields, "apiKeys", json_integer (self->auth
+            ? (json_int_t) casm_auth_size (self->auth) : 0));
+        json_object_set_new (fields, "maxConnectionsPerIp", json_integer (
+            (json_int_t) config->max_connections_per_ip));
+        json_object_set_new (fields, "receiveTimeoutS", json_integer (
+            (json_int_t) config->receive_timeout_s));
+    }
+    casm_info (NULL, fields, "listening on %s://%s:%d",
+               self->tls_cert ? "https" : "http", config->bind,
                config->port);
     return self;
 }
@@ -966,6 +1308,9 @@ s_poll_timeout (casm_gateway_t *self)
 {
     int64_t now = s_now ();
     int64_t until = casm_inflight_next_deadline (self->inflight);
+    int64_t receive = casm_guard_next_deadline (self->guard);
+    if (receive < until)
+        until = receive;
     if (self->draining) {
         if (self->drain_deadline < until)
             until = self->drain_deadline;
@@ -985,6 +1330,25 @@ s_poll_timeout (casm_gateway_t *self)
     return (long) timeout;
 }
 
+//  The signal pipe is readable: SIGHUP re-reads the API keys (a file that
+//  does not parse keeps the keys in force), SIGINT and SIGTERM drain.
+static void
+s_signals_handle (casm_gateway_t *self)
+{
+    char byte;
+    while (read (s_signal_pipe [0], &byte, 1) == 1)
+        ;
+    if (s_hangups) {
+        s_hangups = 0;
+        if (self->auth)
+            casm_auth_reload (self->auth);
+        else
+            casm_info (NULL, NULL, "SIGHUP: no API_KEYS_FILE to re-read");
+    }
+    if (s_signals)
+        s_drain (self);
+}
+
 int
 casm_gateway_run (casm_gateway_t *self)
 {
@@ -1001,10 +1365,11 @@ casm_gateway_run (casm_gateway_t *self)
             return 1;
         }
         if (items [0].revents & ZMQ_POLLIN)
-            s_drain (self);
+            s_signals_handle (self);
         if (items [1].revents & ZMQ_POLLIN)
             s_pipeline_recv (self);
         s_pipeline_expire (self);
+        s_guard_expire (self);
 
         if (self->draining && s_now () >= self->drain_deadline
         &&  self->stop_deadline == INT64_MAX) {
@@ -1046,8 +1411,15 @@ casm_gateway_destroy (casm_gateway_t **self_p)
     }
     if (self->listen_fd != -1)
         close (self->listen_fd);
+    casm_metrics_off_collect (NULL, s_metrics_collect, self);
     zsock_destroy (&self->dealer);
     casm_inflight_destroy (&self->inflight);
+    casm_guard_destroy (&self->guard);
+    casm_auth_destroy (&self->auth);
+    if (self->tls_key)
+        explicit_bzero (self->tls_key, strlen (self->tls_key));
+    free (self->tls_key);
+    free (self->tls_cert);
     free (self);
     *self_p = NULL;
 }

@@ -10,7 +10,13 @@
     SIGINT or SIGTERM drains: the listening socket is closed, the requests
     in flight are answered as their replies come, for at most
     SHUTDOWN_GRACE_MS; what is left then is answered 503, and run returns.
-    A second signal exits at once.                                         */
+    A second signal exits at once.
+
+    With API_KEYS_FILE set, the API's operations need a key (casm_auth) and
+    SIGHUP re-reads the file. With TLS_CERT_FILE and TLS_KEY_FILE set, it
+    speaks HTTPS only. Each connection must deliver a whole request within
+    HTTP_RECEIVE_TIMEOUT_S (casm_guard), so slow clients cannot hold
+    connections; HTTP_MAX_CONNECTIONS_PER_IP bounds what one address holds. */
 
 #ifndef CASM_GATEWAY_H
 #define CASM_GATEWAY_H
@@ -27,6 +33,11 @@ typedef struct {
     uint32_t max_inflight;              // MAX_INFLIGHT (1024)
     int64_t request_timeout_ms;         // REQUEST_TIMEOUT_MS (5000)
     int64_t grace_ms;                   // SHUTDOWN_GRACE_MS (10000)
+    unsigned max_connections_per_ip;    // HTTP_MAX_CONNECTIONS_PER_IP (0: any)
+    unsigned receive_timeout_s;         // HTTP_RECEIVE_TIMEOUT_S (30)
+    const char *api_keys_file;          // API_KEYS_FILE (NULL: no keys)
+    const char *tls_cert_file;          // TLS_CERT_FILE (NULL: plain HTTP)
+    const char *tls_key_file;           // TLS_KEY_FILE
 } casm_gateway_config_t;
 
 typedef struct casm_gateway_t casm_gateway_t;

@@ -48,6 +48,7 @@ struct casm_request_t {
     int op;                             // casm_op_t
     int has_body;
     char trace_id [CASM_TRACE_ID_MAX + 1];
+    int64_t started_us;                 // arrival, for the latency metric
     uint16_t status;                    // the answer's HTTP status
     uint8_t flags;                      // the reply's CASM_FLAG_*
     const char *error_code;             // answer with this error, not reply

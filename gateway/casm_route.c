@@ -25,6 +25,8 @@ static const struct {
       CASM_ROUTE_OPERATION, CASM_OP_READ, 0 },
     { "/health", "GET", CASM_ROUTE_HEALTH, CASM_OP_NONE, 0 },
     { "/ready", "GET", CASM_ROUTE_READY, CASM_OP_PING, 0 },
+    { "/openapi.yaml", "GET", CASM_ROUTE_OPENAPI, CASM_OP_NONE, 0 },
+    { "/metrics", "GET", CASM_ROUTE_METRICS, CASM_OP_NONE, 0 },
 };
 
 int

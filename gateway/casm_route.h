@@ -14,7 +14,9 @@
 typedef enum {
     CASM_ROUTE_HEALTH = 1,              // GET /health, answered at once
     CASM_ROUTE_READY,                   // GET /ready, a PING through the chain
-    CASM_ROUTE_OPERATION                // one of the API's operations
+    CASM_ROUTE_OPERATION,               // one of the API's operations
+    CASM_ROUTE_OPENAPI,                 // GET /openapi.yaml, answered at once
+    CASM_ROUTE_METRICS                  // GET /metrics, answered at once
 } casm_route_kind_t;
 
 typedef struct {

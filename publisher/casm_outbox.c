@@ -9,6 +9,7 @@
 
 #include "casm_outbox.h"
 #include "casm_log.h"
+#include "casm_metrics.h"
 
 #include <czmq.h>
 #include <libpq-fe.h>
@@ -37,6 +38,14 @@
     "AND created_at < now () - make_interval (secs => $1::float8) " \
     "ORDER BY id LIMIT $2::int FOR UPDATE SKIP LOCKED"
 
+//  Both halves use the partial index of unsent rows; the count stops at a
+//  million, so that a long Kafka outage does not make it expensive.
+#define SQL_BACKLOG \
+    "SELECT (SELECT count (*) FROM (SELECT 1 FROM casm.outbox " \
+    "WHERE sent_at IS NULL LIMIT 1000000) AS unsent), " \
+    "COALESCE ((SELECT extract (epoch FROM now () - created_at) " \
+    "FROM casm.outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1), 0)"
+
 #define SQL_PURGE \
     "DELETE FROM casm.outbox WHERE id IN (" \
     "SELECT id FROM casm.outbox WHERE sent_at IS NOT NULL " \
@@ -55,7 +64,8 @@ typedef enum {
     OP_SWEEP_BEGIN,
     OP_SWEEP_SELECT,
     OP_SWEEP_END,
-    OP_PURGE
+    OP_PURGE,
+    OP_BACKLOG
 } op_t;
 
 //  A set of int64 ids: open addressing, linear probing, deletion by
@@ -72,6 +82,7 @@ struct casm_outbox_t {
     int sweep_ms;
     int sweep_age_ms;
     int retention_s;
+    int backlog_ms;
     casm_outbox_row_fn *swept;
     void *arg;
 
@@ -99,6 +110,7 @@ struct casm_outbox_t {
     int64_t next_sweep;
     int sweep_limit;
     int64_t next_purge;
+    int64_t next_backlog;
 
     int64_t next_warn;
     int warns_suppressed;
@@ -226,6 +238,7 @@ casm_outbox_new (const casm_outbox_config_t *config)
     self->sweep_ms = config->sweep_ms;
     self->sweep_age_ms = config->sweep_age_ms;
     self->retention_s = config->retention_s;
+    self->backlog_ms = config->backlog_ms;
     self->swept = config->swept;
     self->arg = config->arg;
     self->link = LINK_DOWN;
@@ -235,6 +248,7 @@ casm_outbox_new (const casm_outbox_config_t *config)
     self->next_connect = now;
     self->next_sweep = now;
     self->next_purge = now + 5000;
+    self->next_backlog = now;
     if (!self->database_url || s_id_set_grow (&self->claimed)) {
         casm_outbox_destroy (&self);
         return NULL;
@@ -611,6 +625,28 @@ s_purge_done (casm_outbox_t *self, PGresult *result)
 }
 
 
+static void
+s_backlog_start (casm_outbox_t *self)
+{
+    self->next_backlog = zclock_mono () + self->backlog_ms;
+    s_send (self, OP_BACKLOG, SQL_BACKLOG, 0, NULL);
+}
+
+
+static void
+s_backlog_done (casm_outbox_t *self, PGresult *result)
+{
+    if (PQresultStatus (result) != PGRES_TUPLES_OK
+    ||  PQntuples (result) != 1) {
+        s_warn_limited (self, "cannot measure the backlog",
+                        PQresultErrorMessage (result));
+        return;
+    }
+    casm_metrics_outbox (strtod (PQgetvalue (result, 0, 0), NULL),
+                         strtod (PQgetvalue (result, 0, 1), NULL));
+}
+
+
 //  The running query has all its results: act on them. The sweep's
 //  handler may send the next query of its transaction, so the op is
 //  cleared first.
@@ -631,6 +667,9 @@ s_op_done (casm_outbox_t *self)
     else
     if (op == OP_PURGE)
         s_purge_done (self, result);
+    else
+    if (op == OP_BACKLOG)
+        s_backlog_done (self, result);
     else
         s_sweep_next (self, op, result);
     PQclear (result);
@@ -713,6 +752,9 @@ casm_outbox_tick (casm_outbox_t *self, int sweep_limit)
     else
     if (now >= self->next_purge)
         s_purge_start (self);
+    else
+    if (self->backlog_ms && now >= self->next_backlog)
+        s_backlog_start (self);
 }
 
 
@@ -758,6 +800,8 @@ casm_outbox_wait_ms (casm_outbox_t *self, int max_ms)
             due = self->next_sweep;
         if (self->next_purge < due)
             due = self->next_purge;
+        if (self->backlog_ms && self->next_backlog < due)
+            due = self->next_backlog;
     }
     if (due > now + max_ms)
         due = now + max_ms;

@@ -14,6 +14,8 @@
       caller to produce, commit at once.
     - housekeeping: delete sent rows older than retention_s, a bounded
       batch at a time.
+    - backlog: every backlog_ms, count the unsent rows and the age of the
+      oldest, for the metrics (casm_metrics_outbox).
 
     It also keeps the set of outbox ids this process is publishing (claim,
     release), so that the sweep never sends again what is in flight or
@@ -45,6 +47,8 @@ typedef struct {
     int sweep_ms;               // how often the sweep runs
     int sweep_age_ms;           // rows younger than this are left alone
     int retention_s;            // sent rows older than this are deleted
+    int backlog_ms;             // how often the backlog is measured for
+                                // the metrics; 0: never
     casm_outbox_row_fn *swept;
     void *arg;                  // passed to swept
 } casm_outbox_config_t;

@@ -11,6 +11,7 @@
 #include "casm_publisher.h"
 #include "casm_error.h"
 #include "casm_log.h"
+#include "casm_metrics_http.h"
 #include "casm_outbox.h"
 #include "casm_producer.h"
 #include "casm_proto.h"
@@ -25,6 +26,8 @@
 #define PROBE_TIMEOUT_MS 250
 #define PROBE_INTERVAL_MS 1000
 #define WARN_INTERVAL_MS 5000
+#define DRAIN_LINGER_MS 200     // reading units still on their way
+#define BACKLOG_MS 5000         // outbox backlog measured, with metrics on
 
 typedef struct delivery_t delivery_t;
 struct delivery_t {
@@ -144,6 +147,7 @@ s_on_delivered (void *arg, void *opaque, const char *error)
     casm_publisher_t *self = arg;
     delivery_t *delivery = opaque;
 
+    casm_metrics_kafka_delivery (error != NULL);
     if (!error)
         casm_outbox_delivered (self->outbox, delivery->outbox_id);
     else {
@@ -190,6 +194,7 @@ static void
 s_send_failed (casm_publisher_t *self, const casm_event_t *event,
                const char *error)
 {
+    casm_metrics_kafka_delivery (1);
     int suppressed = s_limit (&self->failed_warns);
     if (suppressed >= 0)
         casm_warn (event->request_id,
@@ -360,6 +365,7 @@ casm_publisher_new (const casm_publisher_config_t *config)
         .sweep_ms = config->sweep_ms,
         .sweep_age_ms = config->sweep_age_ms,
         .retention_s = config->retention_s,
+        .backlog_ms = casm_metrics_http_process () ? BACKLOG_MS : 0,
         .swept = s_on_swept,
         .arg = self
     };
@@ -415,11 +421,16 @@ s_drain_start (casm_publisher_t *self, int exit_status)
 
 //  Drained when no unit waits, Kafka has reported on every message, and
 //  delivered rows are marked sent (unless PostgreSQL is away: then the
-//  sweep sends them again one day).
+//  sweep sends them again one day); and not before DRAIN_LINGER_MS, so
+//  that units the broker sent before it heard us say goodbye still come
+//  in and are answered.
 static int
 s_drained (casm_publisher_t *self)
 {
-    return !self->first
+    int64_t drain_start = self->drain_deadline
+                        - self->config.shutdown_grace_ms;
+    return zclock_mono () - drain_start >= DRAIN_LINGER_MS
+        && !self->first
         && casm_producer_in_flight (self->producer) == 0
         && (casm_outbox_unmarked (self->outbox) == 0
         ||  !casm_outbox_connected (self->outbox));
@@ -481,7 +492,7 @@ casm_publisher_run (casm_publisher_t *self, volatile sig_atomic_t *signals)
         &&  (s_drained (self) || zclock_mono () >= self->drain_deadline))
             break;
 
-        zmq_pollitem_t items [3] = {
+        zmq_pollitem_t items [4] = {
             { socket, 0, ZMQ_POLLIN, 0 },
             { NULL, casm_producer_fd (self->producer), ZMQ_POLLIN, 0 }
         };
@@ -490,6 +501,10 @@ casm_publisher_run (casm_publisher_t *self, volatile sig_atomic_t *signals)
         int fd = casm_outbox_socket (self->outbox, &events);
         if (fd >= 0)
             items [count++] = (zmq_pollitem_t) { NULL, fd, events, 0 };
+        casm_metrics_http_t *metrics = casm_metrics_http_process ();
+        if (metrics)
+            items [count++] = (zmq_pollitem_t) {
+                NULL, casm_metrics_http_fd (metrics), ZMQ_POLLIN, 0 };
 
         if (zmq_poll (items, count, s_wait_ms (self)) < 0) {
             if (errno == EINTR)
@@ -502,8 +517,9 @@ casm_publisher_run (casm_publisher_t *self, volatile sig_atomic_t *signals)
         //  Served every turn, not only when the pipe says so: cheap, and
         //  proof against a missed wake-up.
         casm_producer_serve (self->producer);
-        if (count > 2 && items [2].revents)
+        if (fd >= 0 && items [2].revents)
             casm_outbox_serve (self->outbox);
+        casm_metrics_http_serve (metrics);
 
         for (int taken = 0; taken < RECV_BURST
              && (zsock_events (casm_stage_socket (self->stage))

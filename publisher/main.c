@@ -6,6 +6,7 @@
 
 #include "casm_config.h"
 #include "casm_log.h"
+#include "casm_metrics_http.h"
 #include "casm_publisher.h"
 
 #include <czmq.h>
@@ -97,6 +98,7 @@ main (void)
     sigaction (SIGINT, &action, NULL);
     zsys_init ();
 
+    casm_metrics_http_start ();
     casm_publisher_t *publisher = casm_publisher_new (&config);
     pthread_sigmask (SIG_UNBLOCK, &signals, NULL);
     if (!publisher)
@@ -104,5 +106,6 @@ main (void)
 
     int status = casm_publisher_run (publisher, &s_signals);
     casm_publisher_destroy (&publisher);
+    casm_metrics_http_stop ();
     return status;
 }

@@ -1,17 +1,45 @@
 #!/usr/bin/env bash
-# Installs the Debian packages casm needs to build, test, run and bench.
+# Installs the Debian packages casm needs to build, test, run and bench
+# (with the argument "build": only what compiling needs).
 # Idempotent: packages already installed are left alone, and nothing is
 # fetched (not even the package lists) when nothing is missing. As non-root
 # it uses sudo when there is one, and otherwise says what to install.
 set -euo pipefail
 
-PACKAGES=(
+# What compiling needs: `deps.sh build` installs only these (the
+# Dockerfile's build stage). python3 too: CMake looks for it at configure
+# time, for the end-to-end suites.
+BUILD_PACKAGES=(
     build-essential cmake pkg-config
     libzmq3-dev libczmq-dev libjansson-dev libpq-dev librdkafka-dev
-    libmicrohttpd-dev nettle-dev check
-    postgresql postgresql-contrib
-    curl kcat python3 wrk procps iproute2
+    libmicrohttpd-dev nettle-dev check python3
 )
+# And what the tests, make up and the benchmark need besides; CI checks
+# compose.yaml with docker-compose and python3-yaml (tests/compose). The
+# security suite makes certificates with openssl; CI's fuzz run needs
+# clang with libFuzzer (libclang-rt-dev), and llvm-symbolizer (llvm) makes
+# sanitizer reports readable.
+PACKAGES=(
+    "${BUILD_PACKAGES[@]}"
+    postgresql postgresql-contrib
+    curl kcat wrk procps iproute2
+    openssl clang libclang-rt-dev llvm
+    docker-compose python3-yaml
+)
+# The OpenAPI linter (tests/openapi) runs on Node.js and npm. A Node.js
+# that is there already is used as it is: NodeSource's bundles its own npm,
+# which Debian's npm package would conflict with.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1
+then
+    PACKAGES+=(nodejs npm)
+fi
+
+case "${1:-all}" in
+    all)    ;;
+    build)  PACKAGES=("${BUILD_PACKAGES[@]}") ;;
+    *)      printf 'usage: %s [all | build]\n' "$0" >&2
+            exit 2 ;;
+esac
 
 log() {
     printf 'deps: %s\n' "$*" >&2

@@ -14,7 +14,8 @@
 # HTTP_PORT+i, from 0), BROKER_PORT (5550), LOG_LEVEL (info), PG_PORT
 # (55432), GATEWAYS, VALIDATORS, WORKERS, PUBLISHERS, DWHS (1 each),
 # READY_TIMEOUT (60 s), STOP_TIMEOUT (15 s), BUILD_DIR (build), CASM_HOME
-# (.casm).
+# (.casm), API_KEYS_FILE (without it, a development key is made in
+# .casm/api-key, its hash in .casm/api-keys, and printed).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
@@ -58,6 +59,7 @@ KAFKA_PID=""
 TAIL_PID=""
 SLEEP_PID=""
 PG_STARTED=0
+DEV_API_KEY=""
 STREAMING=0
 CLEANED=0
 
@@ -234,6 +236,29 @@ start_kafka() {
     export KAFKA_BROKERS
 }
 
+# Without API_KEYS_FILE, the gateways accept one development key: 32 random
+# bytes from /dev/urandom in base64url, kept in CASM_HOME/api-key (only its
+# owner may read it) and reused by the next run; CASM_HOME/api-keys holds
+# its SHA-256, as the gateway reads it (docs/security.md).
+setup_api_keys() {
+    local key_file=$CASM_HOME/api-key hash
+    if [ -n "${API_KEYS_FILE:-}" ]; then
+        log "using API_KEYS_FILE from the environment"
+        return
+    fi
+    API_KEYS_FILE=$CASM_HOME/api-keys
+    if [ ! -s "$key_file" ] || [ ! -s "$API_KEYS_FILE" ]; then
+        (umask 077 && head -c 32 /dev/urandom | base64 | tr '+/' '-_' \
+            | tr -d '=\n' >"$key_file")
+        hash=$(tr -d '\n' <"$key_file" | sha256sum | cut -d ' ' -f 1)
+        printf '# made by make up, for development; the key is in %s\n%s\n' \
+            "$key_file" "dev $hash" >"$API_KEYS_FILE"
+        log "made a development API key in $key_file"
+    fi
+    DEV_API_KEY=$(cat "$key_file")
+    export API_KEYS_FILE
+}
+
 # start_stage STAGE COUNT BINARY: COUNT instances named STAGE-1...
 start_stage() {
     local stage=$1 count=$2 binary=$3 n
@@ -279,6 +304,12 @@ print_summary() {
         last_port=$((HTTP_PORT + GATEWAYS - 1))
         row "" "$GATEWAYS gateways, ports $HTTP_PORT to $last_port"
     fi
+    if [ -n "$DEV_API_KEY" ]; then
+        row "API key" "$DEV_API_KEY (development; in $CASM_HOME/api-key)"
+        row "" "curl -H 'Authorization: Bearer $DEV_API_KEY' ..."
+    else
+        row "API keys" "$API_KEYS_FILE"
+    fi
     row DATABASE_URL "$DATABASE_URL"
     row KAFKA_BROKERS "$KAFKA_BROKERS"
     for q in 1 2 3; do
@@ -323,6 +354,7 @@ main() {
     trap on_signal INT TERM
 
     rotate_logs
+    setup_api_keys
     start_postgres
     start_kafka
 

@@ -15,12 +15,22 @@ static casm_log_level_t s_level = CASM_LOG_INFO;
 
 static const char *s_level_names [] = { "debug", "info", "warn", "error" };
 
+//  Recent request id and trace id pairs, newest at s_trace_next - 1.
+static struct {
+    char request_id [129];
+    char trace_id [65];
+} s_traces [CASM_LOG_TRACES];
+static unsigned s_trace_next = 0;
+
 //  A JSON string from bytes that may not be valid UTF-8: invalid bytes
 //  become '?', so a hostile request id can neither break nor forge a line.
+//  NUL bytes too: jansson would write them as \u0000, which its own
+//  parser (and the validator, for a readCustomer body) refuses.
 json_t *
 casm_log_string (const char *text, size_t size)
 {
-    json_t *string = json_stringn (text, size);
+    json_t *string = memchr (text, 0, size) ? NULL
+                                            : json_stringn (text, size);
     if (string)
         return string;
 
@@ -61,6 +71,40 @@ casm_log_init (const char *process, const char *instance)
     exit (2);
 }
 
+void
+casm_log_trace (const char *request_id, const char *trace_id)
+{
+    if (!request_id || !*request_id || !trace_id || !*trace_id)
+        return;
+
+    //  A request seen again at the next stage of the same process (or
+    //  again at this one) keeps one entry.
+    unsigned newest = (s_trace_next + CASM_LOG_TRACES - 1) % CASM_LOG_TRACES;
+    unsigned at = s_trace_next;
+    if (strcmp (s_traces [newest].request_id, request_id) == 0)
+        at = newest;
+    else
+        s_trace_next = (s_trace_next + 1) % CASM_LOG_TRACES;
+    snprintf (s_traces [at].request_id, sizeof s_traces [at].request_id,
+              "%s", request_id);
+    snprintf (s_traces [at].trace_id, sizeof s_traces [at].trace_id, "%s",
+              trace_id);
+}
+
+//  The trace id paired with this request id, newest first, or NULL.
+static const char *
+s_trace_find (const char *request_id)
+{
+    for (unsigned i = 1; i <= CASM_LOG_TRACES; i++) {
+        unsigned at = (s_trace_next + CASM_LOG_TRACES - i) % CASM_LOG_TRACES;
+        if (!s_traces [at].request_id [0])
+            return NULL;
+        if (strcmp (s_traces [at].request_id, request_id) == 0)
+            return s_traces [at].trace_id;
+    }
+    return NULL;
+}
+
 int
 casm_log_enabled (casm_log_level_t level)
 {
@@ -95,10 +139,16 @@ casm_log (casm_log_level_t level, const char *request_id, json_t *fields,
     json_object_set_new (line, "level", json_string (s_level_names [level]));
     json_object_set_new (line, "process", json_string (s_process));
     json_object_set_new (line, "instance", json_string (s_instance));
-    if (request_id && *request_id)
+    if (request_id && *request_id) {
         json_object_set_new (line, "requestId",
                              casm_log_string (request_id,
                                               strlen (request_id)));
+        const char *trace_id = s_trace_find (request_id);
+        if (trace_id)
+            json_object_set_new (line, "traceId",
+                                 casm_log_string (trace_id,
+                                                  strlen (trace_id)));
+    }
     json_object_set_new (line, "message",
                          casm_log_string (message, strlen (message)));
     if (fields)

@@ -1,8 +1,9 @@
 /*  casm_log: one JSON object per line on stderr.
 
     Every line carries time, level, process, instance and message, plus the
-    request id when the event belongs to a request, plus any extra fields the
-    caller passes as a jansson object. Strings are escaped by jansson, so
+    request id when the event belongs to a request (and its trace id, when
+    casm_log_trace has paired them), plus any extra fields the caller
+    passes as a jansson object. Strings are escaped by jansson, so
     nothing from a request reaches the log unescaped. The level is checked
     before any formatting is done.                                          */
 
@@ -32,8 +33,18 @@ void casm_log (casm_log_level_t level, const char *request_id,
                json_t *fields, const char *format, ...)
     __attribute__ ((format (printf, 4, 5)));
 
-//  A new JSON string of these bytes, with any invalid UTF-8 replaced by '?'.
+//  A new JSON string of these bytes, with any invalid UTF-8 and any NUL
+//  byte replaced by '?'.
 json_t *casm_log_string (const char *text, size_t size);
+
+//  Remembers that the request request_id travels with the trace id
+//  trace_id (the gateway's X-Request-Id), so that every later line naming
+//  that request id carries "traceId" too: one grep for either finds the
+//  request's whole path. The last CASM_LOG_TRACES pairs are kept. Empty
+//  or NULL ids are ignored. For the loop's thread, like the lines that
+//  name a request.
+#define CASM_LOG_TRACES 256
+void casm_log_trace (const char *request_id, const char *trace_id);
 
 #define casm_debug(...) \
     do { if (casm_log_enabled (CASM_LOG_DEBUG)) \

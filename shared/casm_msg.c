@@ -2,6 +2,7 @@
 
 #include "casm_msg.h"
 #include "casm_log.h"
+#include "casm_metrics.h"
 
 #include <string.h>
 #include <time.h>
@@ -147,12 +148,43 @@ casm_work_take (zmsg_t **msg_p)
     return self;
 }
 
+//  The unit is done at this stage: counted in the stage's metrics and,
+//  at debug level, logged with both ids, so that a grep for either finds
+//  every stage a request went through. outcome NULL: by the status.
+static void
+s_unit_done (casm_work_t *self, const casm_header_t *header,
+             const char *outcome)
+{
+    double seconds = (casm_metrics_now_us () - self->received_us) / 1e6;
+    self->received_us = 0;
+    if (!outcome)
+        outcome = header->kind == CASM_KIND_REQUEST ? "forwarded"
+                : header->status < 400 ? "ok"
+                : header->status < 500 ? "client_error" : "server_error";
+    casm_metrics_unit (self->stage, outcome, seconds);
+
+    if (!casm_log_enabled (CASM_LOG_DEBUG))
+        return;
+    json_t *fields = json_pack ("{s:s,s:s,s:s,s:i,s:f}",
+        "stage", self->stage, "operation", casm_op_name (header->op),
+        "outcome", outcome, "status", header->status,
+        "ms", seconds * 1000);
+    if (fields && header->trace_id [0])
+        json_object_set_new (fields, "traceId",
+                             casm_log_string (header->trace_id,
+                                              strlen (header->trace_id)));
+    casm_debug (header->request_id, fields, "%s: unit %s", self->stage,
+                outcome);
+}
+
 void
 casm_work_destroy (casm_work_t **self_p)
 {
     casm_work_t *self = *self_p;
     if (!self)
         return;
+    if (self->received_us)
+        s_unit_done (self, &self->header, "dropped");
     zmsg_destroy (&self->envelope);
     zframe_destroy (&self->body);
     zframe_destroy (&self->event);
@@ -172,6 +204,9 @@ casm_work_message (casm_work_t *self, const char *prefix,
                    const casm_header_t *header, const char *body,
                    size_t body_size, const char *event, size_t event_size)
 {
+    if (self->received_us)
+        s_unit_done (self, header, NULL);
+
     zmsg_t *msg = self->envelope;
     self->envelope = zmsg_new ();
     if (prefix)

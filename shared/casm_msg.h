@@ -93,6 +93,14 @@ typedef struct {
     casm_header_t header;
     zframe_t *body;             // never NULL after casm_work_take
     zframe_t *event;            // NULL unless present
+
+    //  Set by casm_stage_recv for a unit a stage instance received: its
+    //  stage and arrival (casm_metrics_now_us). The unit's first answer
+    //  or forward (casm_work_message), or its destruction unanswered,
+    //  counts it in the stage's metrics and logs it at debug level with
+    //  its request id and trace id. 0 when not counted, or counted.
+    const char *stage;
+    int64_t received_us;
 } casm_work_t;
 
 //  Takes a received message apart; takes ownership of *msg_p and sets it

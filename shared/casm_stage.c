@@ -2,10 +2,13 @@
 
 #include "casm_stage.h"
 #include "casm_config.h"
+#include "casm_curve.h"
 #include "casm_log.h"
+#include "casm_metrics.h"
 #include "casm_proto.h"
 
 struct casm_stage_t {
+    const char *name;           // validator, worker, publisher: metrics
     zsock_t *socket;
     int capacity;
     int free;
@@ -54,12 +57,15 @@ casm_stage_new (int queue, int capacity)
         return NULL;
     }
     casm_socket_tune (self->socket);
-    if (zsock_connect (self->socket, "%s", endpoint) != 0) {
+    if (casm_curve_client (self->socket) != 0
+    ||  zsock_connect (self->socket, "%s", endpoint) != 0) {
         casm_error (NULL, NULL, "cannot connect to %s", endpoint);
         zsock_destroy (&self->socket);
         free (self);
         return NULL;
     }
+    self->name = queue == CASM_QUEUE_VALIDATOR ? "validator"
+               : queue == CASM_QUEUE_WORKER ? "worker" : "publisher";
     self->capacity = capacity;
     self->free = capacity;
     s_send_count (self, CASM_CMD_HEARTBEAT, self->free);
@@ -96,8 +102,13 @@ casm_stage_recv (casm_stage_t *self)
     self->free--;
     self->received = (self->received + 1) % CASM_COUNT_MOD;
     casm_work_t *work = casm_work_take (&msg);
-    if (!work)
+    if (!work) {
         casm_stage_release (self, 1);
+        return NULL;
+    }
+    work->stage = self->name;
+    work->received_us = casm_metrics_now_us ();
+    casm_log_trace (work->header.request_id, work->header.trace_id);
     return work;
 }
 

@@ -204,6 +204,14 @@ START_TEST (test_read_body_escaped)
                       "x??y");
     json_decref (body);
 
+    //  A NUL alone too (found by fuzz_http: it came out as \u0000, which
+    //  the validator cannot parse).
+    body = s_read_body (NULL, 0, "a\0b", 3, 1);
+    ck_assert_str_eq (json_string_value (json_object_get (body,
+                                                          "externalId")),
+                      "a?b");
+    json_decref (body);
+
     //  Valid UTF-8 passes.
     body = s_read_body ("caf\xc3\xa9", 5, NULL, 0, 1);
     ck_assert_str_eq (json_string_value (json_object_get (body, "refId")),

@@ -7,8 +7,10 @@
     most 256 pairs after a merge), the idempotency record and the outbox
     event written with the change and never without it, replays and 422s,
     and that concurrent copies of one request execute once while concurrent
-    distinct requests each get their own version. Concurrency uses forked
-    processes, each with its own connection, released together.
+    distinct requests each get their own version. Batches (many units in
+    one transaction) must give each unit the answer it would get alone,
+    and commit all or nothing. Concurrency uses forked processes, each
+    with its own connection, released together.
 
     Every test makes its own customers and request ids, so the suite can
     run against a database that other suites use too.                     */
@@ -145,24 +147,32 @@ s_create (casm_store_t *store, const char *request_id,
     return status;
 }
 
-//  updateCustomerCustomAttributes with attributes as JSON text; the hash
-//  is made from hash_seed (NULL: from everything).
-static int
-s_update (casm_store_t *store, const char *request_id, const char *ref_id,
-          const char *attributes, int merge, const char *hash_seed,
-          casm_outcome_t *outcome)
+//  An updateCustomerCustomAttributes command with attributes as JSON
+//  text; the hash is made from hash_seed (NULL: from everything).
+static char *
+s_update_text (const char *request_id, const char *ref_id,
+               const char *attributes, int merge, const char *hash_seed)
 {
     char seed [1024], hash [65];
     snprintf (seed, sizeof seed, "%s|%s|%d", ref_id, attributes, merge);
     s_hash (hash, hash_seed ? hash_seed : seed);
     json_t *pairs = json_loads (attributes, 0, NULL);
     ck_assert_ptr_nonnull (pairs);
-    char *text = s_dump (json_pack ("{ss ss ss so sb}",
-                                    "requestId", request_id,
-                                    "requestHash", hash,
-                                    "refId", ref_id,
-                                    "customAttributes", pairs,
-                                    "merge", merge));
+    return s_dump (json_pack ("{ss ss ss so sb}",
+                              "requestId", request_id,
+                              "requestHash", hash,
+                              "refId", ref_id,
+                              "customAttributes", pairs,
+                              "merge", merge));
+}
+
+static int
+s_update (casm_store_t *store, const char *request_id, const char *ref_id,
+          const char *attributes, int merge, const char *hash_seed,
+          casm_outcome_t *outcome)
+{
+    char *text = s_update_text (request_id, ref_id, attributes, merge,
+                                hash_seed);
     int status = casm_store_update_attributes (store, text, strlen (text),
                                                outcome);
     free (text);
@@ -999,6 +1009,335 @@ END_TEST
 
 
 //  --------------------------------------------------------------------
+//  Batches: several units in one transaction
+
+typedef struct {
+    casm_store_unit_t units [8];
+    char *texts [8];
+    size_t count;
+} s_batch_t;
+
+//  Adds a unit to the batch (takes text).
+static void
+s_batch_add (s_batch_t *batch, int op, char *text)
+{
+    ck_assert_uint_lt (batch->count, 8);
+    casm_store_unit_t *unit = &batch->units [batch->count];
+    memset (unit, 0, sizeof *unit);
+    unit->op = op;
+    unit->command = text;
+    unit->size = strlen (text);
+    batch->texts [batch->count++] = text;
+}
+
+static void
+s_batch_clear (s_batch_t *batch)
+{
+    for (size_t i = 0; i < batch->count; i++) {
+        casm_outcome_clear (&batch->units [i].outcome);
+        free (batch->texts [i]);
+    }
+    batch->count = 0;
+}
+
+static char *
+s_state_text (const char *request_id, const char *ref_id, const char *state)
+{
+    char hash [65];
+    s_hash (hash, request_id);
+    return s_dump (json_pack ("{ss ss ss ss sn}", "requestId", request_id,
+                              "requestHash", hash, "refId", ref_id,
+                              "state", state, "stateReason"));
+}
+
+START_TEST (test_batch_same_customer)
+{
+    casm_store_t *store = s_store ();
+    PGconn *db = s_db ();
+    char ref_id [37], ids [3][128];
+    s_new_customer (store, ref_id, NULL);
+
+    //  Three changes of one customer in one batch apply in their order,
+    //  each with its own version and event.
+    s_batch_t batch = { .count = 0 };
+    for (int i = 0; i < 3; i++) {
+        char attributes [32];
+        snprintf (attributes, sizeof attributes, "{\"n\":\"%d\"}", i);
+        s_unique (ids [i], sizeof ids [i], "same-customer");
+        s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                     s_update_text (ids [i], ref_id, attributes, 0, NULL));
+    }
+    casm_store_execute_batch (store, batch.units, batch.count);
+    for (int i = 0; i < 3; i++) {
+        json_t *bt = s_assert_bt (&batch.units [i].outcome, 200,
+                                  "updateCustomerCustomAttributes",
+                                  ids [i]);
+        ck_assert_int_eq (s_version_of (bt), 2 + i);
+        char expected [32];
+        snprintf (expected, sizeof expected, "{\"n\":\"%d\"}", i);
+        char *attributes = s_attributes (bt);
+        ck_assert_str_eq (attributes, expected);
+        free (attributes);
+        json_decref (bt);
+    }
+    ck_assert_int_eq (s_version (db, ref_id), 4);
+    ck_assert_int_eq (s_query_number (db, "SELECT count (DISTINCT version)"
+                                      " FROM casm.outbox WHERE customer_ref"
+                                      " = $1::uuid", ref_id), 4);
+
+    s_batch_clear (&batch);
+    PQfinish (db);
+    casm_store_destroy (&store);
+}
+END_TEST
+
+START_TEST (test_batch_copies)
+{
+    casm_store_t *store = s_store ();
+    PGconn *db = s_db ();
+    char ref_id [37], other_ref [37], request_id [128], other_id [128];
+    s_new_customer (store, ref_id, NULL);
+    s_new_customer (store, other_ref, NULL);
+    s_unique (request_id, sizeof request_id, "batch-copy");
+    s_unique (other_id, sizeof other_id, "batch-other");
+
+    //  A copy of a request in the same batch is a replay of the first; a
+    //  different request with its requestId gets 422; neither changes
+    //  anything, and the batch's other unit is not disturbed.
+    s_batch_t batch = { .count = 0 };
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (request_id, ref_id, "{\"a\":\"1\"}", 0,
+                                "same"));
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (request_id, ref_id, "{\"a\":\"1\"}", 0,
+                                "same"));
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (request_id, ref_id, "{\"a\":\"2\"}", 0,
+                                "different"));
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (other_id, other_ref, "{\"b\":\"1\"}", 0,
+                                NULL));
+    casm_store_execute_batch (store, batch.units, batch.count);
+
+    casm_outcome_t *first = &batch.units [0].outcome;
+    json_decref (s_assert_bt (first, 200, "updateCustomerCustomAttributes",
+                              request_id));
+    ck_assert_int_eq (batch.units [1].outcome.status, 200);
+    ck_assert_int_eq (batch.units [1].outcome.flags, CASM_FLAG_REPLAYED);
+    ck_assert_ptr_null (batch.units [1].outcome.event);
+    ck_assert_str_eq (batch.units [1].outcome.body, first->body);
+    s_assert_error (&batch.units [2].outcome, 422, "CASM-REQUEST-ID-REUSED",
+                    "requestId", request_id);
+    json_decref (s_assert_bt (&batch.units [3].outcome, 200,
+                              "updateCustomerCustomAttributes", other_id));
+
+    ck_assert_int_eq (s_version (db, ref_id), 2);
+    ck_assert_int_eq (s_version (db, other_ref), 2);
+    ck_assert_int_eq (s_requests (db, request_id), 1);
+    ck_assert_int_eq (s_outbox (db, request_id), 1);
+
+    s_batch_clear (&batch);
+    PQfinish (db);
+    casm_store_destroy (&store);
+}
+END_TEST
+
+START_TEST (test_batch_mixed)
+{
+    casm_store_t *store = s_store ();
+    PGconn *db = s_db ();
+    char active [37], gone [37], full [37], ids [7][128];
+    s_new_customer (store, active, NULL);
+    s_new_customer (store, gone, NULL);
+    char *base = s_pairs ("base", 200, 0);
+    s_new_customer (store, full, json_loads (base, 0, NULL));
+    free (base);
+    casm_outcome_t outcome = { 0 };
+    s_unique (ids [0], sizeof ids [0], "deactivate");
+    s_update_state (store, ids [0], gone, "DEACTIVATED", NULL, &outcome);
+    ck_assert_int_eq (outcome.status, 200);
+    casm_outcome_clear (&outcome);
+
+    //  Each unit gets its own answer: the ones that cannot be done change
+    //  nothing and leave no record, the others commit together.
+    for (int i = 0; i < 7; i++)
+        s_unique (ids [i], sizeof ids [i], "mixed");
+    char external_id [128];
+    s_unique (external_id, sizeof external_id, "CRM");
+    char hash [65];
+    s_hash (hash, external_id);
+    char *more = s_pairs ("more", 57, 0);
+    s_batch_t batch = { .count = 0 };
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (ids [0], active, "{\"a\":\"1\"}", 0, NULL));
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (ids [1],
+                                "6f1c0a52-2c1e-4c8e-9d43-000000000000",
+                                "{\"a\":\"1\"}", 0, NULL));
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (ids [2], gone, "{\"a\":\"1\"}", 0, NULL));
+    s_batch_add (&batch, CASM_OP_UPDATE_STATE,
+                 s_state_text (ids [3], active, "SUSPENDED"));
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (ids [4], full, more, 1, NULL));
+    s_batch_add (&batch, CASM_OP_CREATE,
+                 s_dump (json_pack ("{ss ss ss}", "requestId", ids [5],
+                                    "requestHash", hash,
+                                    "externalId", external_id)));
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (ids [6], "not-a-uuid", "{}", 0, NULL));
+    free (more);
+    casm_store_execute_batch (store, batch.units, batch.count);
+
+    json_t *bt = s_assert_bt (&batch.units [0].outcome, 200,
+                              "updateCustomerCustomAttributes", ids [0]);
+    ck_assert_int_eq (s_version_of (bt), 2);
+    json_decref (bt);
+    s_assert_error (&batch.units [1].outcome, 400, "CASM-ENTITY-NOT-FOUND",
+                    "customer", ids [1]);
+    s_assert_error (&batch.units [2].outcome, 400, "CASM-STATE-DEACTIVATED",
+                    "customer", ids [2]);
+    bt = s_assert_bt (&batch.units [3].outcome, 200, "updateCustomerState",
+                      ids [3]);
+    ck_assert_int_eq (s_version_of (bt), 3);
+    ck_assert_str_eq (s_get (bt, "customer.state.state"), "SUSPENDED");
+    json_decref (bt);
+    s_assert_error (&batch.units [4].outcome, 400, "CASM-VALIDATION", NULL,
+                    ids [4]);
+    json_decref (s_assert_bt (&batch.units [5].outcome, 201,
+                              "createCustomer", ids [5]));
+    s_assert_error (&batch.units [6].outcome, 400, "CASM-ENTITY-NOT-FOUND",
+                    "customer", ids [6]);
+
+    int recorded [7] = { 1, 0, 0, 1, 0, 1, 0 };
+    for (int i = 0; i < 7; i++) {
+        ck_assert_int_eq (s_requests (db, ids [i]), recorded [i]);
+        ck_assert_int_eq (s_outbox (db, ids [i]), recorded [i]);
+    }
+    ck_assert_int_eq (s_version (db, active), 3);
+    ck_assert_int_eq (s_version (db, gone), 2);
+    ck_assert_int_eq (s_version (db, full), 1);
+
+    s_batch_clear (&batch);
+    PQfinish (db);
+    casm_store_destroy (&store);
+}
+END_TEST
+
+START_TEST (test_batch_refused_data)
+{
+    casm_store_t *store = s_store ();
+    PGconn *db = s_db ();
+    char refs [3][37], ids [3][128];
+    for (int i = 0; i < 3; i++) {
+        s_new_customer (store, refs [i], NULL);
+        s_unique (ids [i], sizeof ids [i], "refused");
+    }
+
+    //  PostgreSQL refuses one unit's data (a trigger stands for a bug
+    //  upstream): the transaction rolls back, the units run again one by
+    //  one, and only the culprit is answered 500.
+    char trigger [64], sql [1024];
+    snprintf (trigger, sizeof trigger, "casm_test_poison_%d", (int) getpid ());
+    snprintf (sql, sizeof sql,
+              "CREATE OR REPLACE FUNCTION public.%s () RETURNS trigger"
+              " LANGUAGE plpgsql AS $$ BEGIN"
+              " IF NEW.custom_attributes ? 'poison' THEN"
+              " RAISE EXCEPTION 'poisoned' USING ERRCODE = '22023'; END IF;"
+              " RETURN NEW; END $$;"
+              " CREATE TRIGGER %s BEFORE UPDATE ON casm.customers"
+              " FOR EACH ROW EXECUTE FUNCTION public.%s ()",
+              trigger, trigger, trigger);
+    PGresult *result = PQexec (db, sql);
+    ck_assert_msg (PQresultStatus (result) == PGRES_COMMAND_OK, "%s",
+                   PQerrorMessage (db));
+    PQclear (result);
+
+    s_batch_t batch = { .count = 0 };
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (ids [0], refs [0], "{\"a\":\"1\"}", 0, NULL));
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (ids [1], refs [1], "{\"poison\":\"1\"}", 0,
+                                NULL));
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (ids [2], refs [2], "{\"c\":\"1\"}", 0, NULL));
+    casm_store_execute_batch (store, batch.units, batch.count);
+
+    snprintf (sql, sizeof sql, "DROP TRIGGER %s ON casm.customers;"
+              " DROP FUNCTION public.%s ()", trigger, trigger);
+    PQclear (PQexec (db, sql));
+
+    json_decref (s_assert_bt (&batch.units [0].outcome, 200,
+                              "updateCustomerCustomAttributes", ids [0]));
+    s_assert_error (&batch.units [1].outcome, 500, "INTERNAL", NULL, ids [1]);
+    json_decref (s_assert_bt (&batch.units [2].outcome, 200,
+                              "updateCustomerCustomAttributes", ids [2]));
+    ck_assert_int_eq (s_version (db, refs [1]), 1);
+    ck_assert_int_eq (s_requests (db, ids [1]), 0);
+    ck_assert_int_eq (s_outbox (db, ids [1]), 0);
+    ck_assert (casm_store_ready (store));
+
+    s_batch_clear (&batch);
+    PQfinish (db);
+    casm_store_destroy (&store);
+}
+END_TEST
+
+START_TEST (test_batch_fails_whole)
+{
+    casm_store_t *store = s_store ();
+    char free_ref [37], held_ref [37], ids [2][128];
+    s_new_customer (store, free_ref, NULL);
+    s_new_customer (store, held_ref, NULL);
+    s_unique (ids [0], sizeof ids [0], "whole");
+    s_unique (ids [1], sizeof ids [1], "whole");
+
+    //  Another transaction holds one customer's row: that unit's statement
+    //  is cancelled, the transaction rolls back, and every unit of the
+    //  batch is answered 503 with nothing committed, the other one too.
+    PGconn *db = s_db ();
+    const char *params [1] = { held_ref };
+    PQclear (PQexec (db, "BEGIN"));
+    PGresult *result = PQexecParams (db, "SELECT 1 FROM casm.customers"
+                                     " WHERE ref_id = $1::uuid FOR UPDATE",
+                                     1, NULL, params, NULL, NULL, 0);
+    ck_assert_int_eq (PQntuples (result), 1);
+    PQclear (result);
+
+    s_batch_t batch = { .count = 0 };
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (ids [0], free_ref, "{\"a\":\"1\"}", 0, NULL));
+    s_batch_add (&batch, CASM_OP_UPDATE_ATTRIBUTES,
+                 s_update_text (ids [1], held_ref, "{\"a\":\"1\"}", 0, NULL));
+    casm_store_execute_batch (store, batch.units, batch.count);
+    PQclear (PQexec (db, "ROLLBACK"));
+
+    for (int i = 0; i < 2; i++) {
+        s_assert_error (&batch.units [i].outcome, 503, "SERVICE-UNAVAILABLE",
+                        NULL, ids [i]);
+        ck_assert_int_eq (s_requests (db, ids [i]), 0);
+        ck_assert_int_eq (s_outbox (db, ids [i]), 0);
+    }
+    ck_assert_int_eq (s_version (db, free_ref), 1);
+    ck_assert (casm_store_ready (store));
+
+    //  Sent again, the same batch goes through.
+    for (int i = 0; i < 2; i++)
+        casm_outcome_clear (&batch.units [i].outcome);
+    casm_store_execute_batch (store, batch.units, batch.count);
+    for (int i = 0; i < 2; i++)
+        json_decref (s_assert_bt (&batch.units [i].outcome, 200,
+                                  "updateCustomerCustomAttributes",
+                                  ids [i]));
+
+    s_batch_clear (&batch);
+    PQfinish (db);
+    casm_store_destroy (&store);
+}
+END_TEST
+
+
+//  --------------------------------------------------------------------
 //  Concurrency
 
 typedef enum {
@@ -1240,6 +1579,14 @@ main (void)
     tcase_add_test (failure, test_silent_server);
     tcase_add_test (failure, test_purge_requests);
     suite_add_tcase (suite, failure);
+
+    TCase *batch = tcase_create ("batch");
+    tcase_add_test (batch, test_batch_same_customer);
+    tcase_add_test (batch, test_batch_copies);
+    tcase_add_test (batch, test_batch_mixed);
+    tcase_add_test (batch, test_batch_refused_data);
+    tcase_add_test (batch, test_batch_fails_whole);
+    suite_add_tcase (suite, batch);
 
     TCase *race = tcase_create ("race");
     tcase_add_test (race, test_concurrent_copies_execute_once);

@@ -4,7 +4,14 @@
     that hangs would stop the whole instance. Each query is therefore sent
     asynchronously and waited for with poll() and a deadline; a connection
     that misses it is dropped (its state is unknown), and the next request
-    reconnects.                                                             */
+    reconnects.
+
+    A round trip to PostgreSQL costs the validator far more than its own
+    work (two process wake-ups on a busy machine), so the loop asks for the
+    look-ups of all the units it holds in one go (casm_lookup_prefetch):
+    one pipeline, each unit's two queries followed by a Sync of their own,
+    so that one unit's failure cannot take the others' answers with it.
+    The answers are kept until the loop has handled those units.           */
 
 #include "casm_lookup.h"
 #include "casm_customer.h"
@@ -57,7 +64,27 @@ static const struct {
       "WHERE c.external_id = $1", 1 },
 };
 
+//  The answers of a prefetched request: found or not, or not known (the
+//  query failed; the call then queries itself).
+typedef struct {
+    char *request_id;
+    char *hash;
+    int request;                    // CASM_LOOKUP_* or S_UNKNOWN
+    int same;
+    int status;
+    char *body;
+    char *ref_id;                   // the key: ref_id or external_id
+    char *external_id;
+    int customer;                   // CASM_LOOKUP_* or S_UNKNOWN
+    char *customer_ref_id;
+    char *state;
+} s_kept_t;
+
+#define S_UNKNOWN -2
+
 struct casm_lookup_t {
+    s_kept_t *kept;                 // prefetched answers
+    size_t kept_count;
     char *url;
     PGconn *connection;
     int prepared [STATEMENT_COUNT];
@@ -220,9 +247,14 @@ s_connect (casm_lookup_t *self)
         return -1;
     }
 
+    //  Every query here is a look-up by a unique key. Its plan is made
+    //  once per connection, and one made while a table was still empty (a
+    //  new database) would scan the table forever after, slower with
+    //  every row: no sequential scans, so the index is always the plan.
     memset (self->prepared, 0, sizeof self->prepared);
     if (s_setup_command (self, "SET default_transaction_read_only = on")
-    ||  s_setup_command (self, "SET statement_timeout = 2000"))
+    ||  s_setup_command (self, "SET statement_timeout = 2000")
+    ||  s_setup_command (self, "SET enable_seqscan = off"))
         return -1;
     return 0;
 }
@@ -306,6 +338,7 @@ casm_lookup_destroy (casm_lookup_t **self_p)
     casm_lookup_t *self = *self_p;
     if (!self)
         return;
+    casm_lookup_forget (self);
     PQfinish (self->connection);
     free (self->url);
     free (self);
@@ -322,10 +355,52 @@ casm_lookup_ping (casm_lookup_t *self)
     return CASM_LOOKUP_FOUND;
 }
 
+//  The kept answers of this request id and hash, or NULL.
+static s_kept_t *
+s_kept_request (casm_lookup_t *self, const char *request_id,
+                const char *hash)
+{
+    for (size_t i = 0; i < self->kept_count; i++) {
+        s_kept_t *kept = &self->kept [i];
+        if (kept->request != S_UNKNOWN
+        &&  strcmp (kept->request_id, request_id) == 0
+        &&  strcmp (kept->hash, hash) == 0)
+            return kept;
+    }
+    return NULL;
+}
+
+//  The kept answers of this customer reference, or NULL.
+static s_kept_t *
+s_kept_customer (casm_lookup_t *self, const char *ref_id,
+                 const char *external_id)
+{
+    for (size_t i = 0; i < self->kept_count; i++) {
+        s_kept_t *kept = &self->kept [i];
+        if (kept->customer == S_UNKNOWN)
+            continue;
+        if (ref_id ? kept->ref_id && strcmp (kept->ref_id, ref_id) == 0
+                   : !kept->ref_id && external_id && kept->external_id
+                     && strcmp (kept->external_id, external_id) == 0)
+            return kept;
+    }
+    return NULL;
+}
+
 int
 casm_lookup_request (casm_lookup_t *self, const char *request_id,
                      const char *hash, int *same, int *status, char **body)
 {
+    s_kept_t *kept = s_kept_request (self, request_id, hash);
+    if (kept && kept->request == CASM_LOOKUP_NONE)
+        return CASM_LOOKUP_NONE;
+    if (kept) {
+        *same = kept->same;
+        *status = kept->status;
+        *body = strdup (kept->body);
+        return *body ? CASM_LOOKUP_FOUND : CASM_LOOKUP_DOWN;
+    }
+
     PGresult *result = s_query (self, STATEMENT_REQUEST, request_id, hash);
     if (!result)
         return CASM_LOOKUP_DOWN;
@@ -346,6 +421,17 @@ casm_lookup_customer (casm_lookup_t *self, const char *ref_id,
                       const char *external_id, char **ref_id_p,
                       char **state_p)
 {
+    s_kept_t *kept = s_kept_customer (self, ref_id, external_id);
+    if (kept && kept->customer == CASM_LOOKUP_NONE)
+        return CASM_LOOKUP_NONE;
+    if (kept) {
+        if (ref_id_p)
+            *ref_id_p = strdup (kept->customer_ref_id);
+        if (state_p)
+            *state_p = strdup (kept->state);
+        return CASM_LOOKUP_FOUND;
+    }
+
     PGresult *result = ref_id
         ? s_query (self, STATEMENT_CUSTOMER_BY_REF, ref_id, NULL)
         : s_query (self, STATEMENT_CUSTOMER_BY_EXTERNAL, external_id, NULL);
@@ -381,4 +467,202 @@ casm_lookup_customer_json (casm_lookup_t *self, const char *ref_id,
     *json = strdup (PQgetvalue (result, 0, 0));
     PQclear (result);
     return *json ? CASM_LOOKUP_FOUND : CASM_LOOKUP_DOWN;
+}
+
+
+//  --------------------------------------------------------------------
+//  Prefetching
+
+void
+casm_lookup_forget (casm_lookup_t *self)
+{
+    for (size_t i = 0; i < self->kept_count; i++) {
+        s_kept_t *kept = &self->kept [i];
+        free (kept->request_id);
+        free (kept->hash);
+        free (kept->body);
+        free (kept->ref_id);
+        free (kept->external_id);
+        free (kept->customer_ref_id);
+        free (kept->state);
+    }
+    free (self->kept);
+    self->kept = NULL;
+    self->kept_count = 0;
+}
+
+//  Waits until there is input to read (or, with write set, room to send)
+//  or the deadline passes, and reads what came. Returns 0, or -1 when the
+//  deadline passed or the connection failed.
+static int
+s_await (casm_lookup_t *self, int write, int64_t deadline)
+{
+    int64_t remaining = deadline - casm_now_ms ();
+    if (remaining <= 0)
+        return -1;
+    struct pollfd item = {
+        PQsocket (self->connection), POLLIN | (write ? POLLOUT : 0), 0
+    };
+    int rc = poll (&item, 1, (int) remaining);
+    if (rc < 0 && errno != EINTR)
+        return -1;
+    if (rc > 0 && (item.revents & (POLLIN | POLLERR | POLLHUP))
+    &&  !PQconsumeInput (self->connection))
+        return -1;
+    return 0;
+}
+
+//  The next result of the pipeline, with the NULL that ends a query read
+//  too (a Sync has none). Returns NULL when the deadline passed, the
+//  connection failed or the results went out of step.
+static PGresult *
+s_pipeline_next (casm_lookup_t *self, int64_t deadline)
+{
+    PGresult *result = NULL;
+    for (int end = 0; end < 2; end++) {
+        while (PQisBusy (self->connection))
+            if (s_await (self, 0, deadline) != 0) {
+                PQclear (result);
+                return NULL;
+            }
+        PGresult *next = PQgetResult (self->connection);
+        if (end == 0) {
+            result = next;
+            if (!result || PQresultStatus (result) == PGRES_PIPELINE_SYNC)
+                return result;
+        }
+        else
+        if (next) {
+            PQclear (next);
+            PQclear (result);
+            return NULL;
+        }
+    }
+    return result;
+}
+
+static char *
+s_copy (const char *text)
+{
+    return text ? strdup (text) : NULL;
+}
+
+//  A look-up's answer to keep: none found, or the first row's first
+//  values. Returns CASM_LOOKUP_NONE or _FOUND, or S_UNKNOWN when the
+//  query failed (or memory ran out).
+static int
+s_keep (PGresult *result, char **first, char **second, char **third)
+{
+    if (PQresultStatus (result) != PGRES_TUPLES_OK)
+        return S_UNKNOWN;
+    if (PQntuples (result) == 0)
+        return CASM_LOOKUP_NONE;
+    *first = s_copy (PQgetvalue (result, 0, 0));
+    *second = s_copy (PQgetvalue (result, 0, 1));
+    if (third)
+        *third = s_copy (PQgetvalue (result, 0, 2));
+    if (!*first || !*second || (third && !*third))
+        return S_UNKNOWN;
+    return CASM_LOOKUP_FOUND;
+}
+
+//  Sends everything libpq holds, reading meanwhile. Returns 0 or -1.
+static int
+s_flush (casm_lookup_t *self, int64_t deadline)
+{
+    while (1) {
+        int rc = PQflush (self->connection);
+        if (rc <= 0)
+            return rc;
+        if (s_await (self, 1, deadline) != 0)
+            return -1;
+    }
+}
+
+void
+casm_lookup_prefetch (casm_lookup_t *self, const casm_lookup_key_t *keys,
+                      size_t count)
+{
+    casm_lookup_forget (self);
+    if (count == 0 || s_ready (self) != 0)
+        return;
+    self->kept = calloc (count, sizeof *self->kept);
+    if (!self->kept)
+        return;
+    PGconn *connection = self->connection;
+    if (PQenterPipelineMode (connection) != 1
+    ||  PQsetnonblocking (connection, 1) != 0) {
+        casm_lookup_forget (self);
+        s_drop (self, "cannot enter pipeline mode");
+        return;
+    }
+
+    int sent = 1;
+    for (size_t i = 0; sent && i < count; i++) {
+        const char *request [2] = { keys [i].request_id, keys [i].hash };
+        statement_t by = keys [i].ref_id ? STATEMENT_CUSTOMER_BY_REF
+                                         : STATEMENT_CUSTOMER_BY_EXTERNAL;
+        const char *customer [1] = {
+            keys [i].ref_id ? keys [i].ref_id : keys [i].external_id
+        };
+        sent = PQsendQueryPrepared (connection,
+                                    s_statements [STATEMENT_REQUEST].name, 2,
+                                    request, NULL, NULL, 0)
+            && PQsendQueryPrepared (connection, s_statements [by].name, 1,
+                                    customer, NULL, NULL, 0)
+            && PQpipelineSync (connection);
+    }
+    int64_t deadline = casm_now_ms () + QUERY_TIMEOUT_MS;
+    if (!sent || s_flush (self, deadline) != 0) {
+        casm_lookup_forget (self);
+        s_drop (self, "could not send the look-ups");
+        return;
+    }
+
+    //  Per key: the record's result, the customer's, the Sync. A query
+    //  that failed leaves its answer unknown, and the one after it in its
+    //  group comes back aborted.
+    for (size_t i = 0; i < count; i++) {
+        s_kept_t *kept = &self->kept [i];
+        self->kept_count = i + 1;
+        kept->request = kept->customer = S_UNKNOWN;
+        PGresult *request = s_pipeline_next (self, deadline);
+        PGresult *customer = request ? s_pipeline_next (self, deadline)
+                                     : NULL;
+        PGresult *sync = customer ? s_pipeline_next (self, deadline) : NULL;
+        int synced = sync && PQresultStatus (sync) == PGRES_PIPELINE_SYNC;
+        if (synced) {
+            char *same = NULL, *status = NULL;
+            kept->request_id = s_copy (keys [i].request_id);
+            kept->hash = s_copy (keys [i].hash);
+            kept->ref_id = s_copy (keys [i].ref_id);
+            kept->external_id = s_copy (keys [i].external_id);
+            kept->request = s_keep (request, &same, &status, &kept->body);
+            if (kept->request == CASM_LOOKUP_FOUND) {
+                kept->same = strcmp (same, "t") == 0;
+                kept->status = atoi (status);
+            }
+            if (!kept->request_id || !kept->hash)
+                kept->request = S_UNKNOWN;
+            kept->customer = s_keep (customer, &kept->customer_ref_id,
+                                     &kept->state, NULL);
+            free (same);
+            free (status);
+        }
+        PQclear (request);
+        PQclear (customer);
+        PQclear (sync);
+        if (!synced) {
+            //  Silent or out of step: nothing more can be trusted.
+            casm_lookup_forget (self);
+            s_drop (self, "the look-ups timed out or went out of step");
+            return;
+        }
+    }
+
+    if (PQexitPipelineMode (connection) != 1
+    ||  PQsetnonblocking (connection, 0) != 0) {
+        casm_lookup_forget (self);
+        s_drop (self, PQerrorMessage (connection));
+    }
 }

@@ -12,6 +12,8 @@
 #ifndef CASM_LOOKUP_H
 #define CASM_LOOKUP_H
 
+#include <stddef.h>
+
 #define CASM_LOOKUP_DOWN -1         // unreachable, failed, or no schema yet
 #define CASM_LOOKUP_NONE 0          // no such row
 #define CASM_LOOKUP_FOUND 1
@@ -49,5 +51,27 @@ int casm_lookup_customer (casm_lookup_t *self, const char *ref_id,
 //  the caller frees *json.
 int casm_lookup_customer_json (casm_lookup_t *self, const char *ref_id,
                                const char *external_id, char **json);
+
+//  What one change request needs looked up: its idempotency record
+//  (request_id, hash as for casm_lookup_request) and its customer (by
+//  ref_id or, when ref_id is NULL, external_id). Strings are copied.
+typedef struct {
+    const char *request_id;
+    const char *hash;
+    const char *ref_id;
+    const char *external_id;
+} casm_lookup_key_t;
+
+//  Makes the look-ups of count requests at once, in one round trip (a
+//  batch in libpq's pipeline mode), and keeps the answers: until
+//  casm_lookup_forget, casm_lookup_request and casm_lookup_customer
+//  answer a key asked here without a query. A look-up that failed is not
+//  kept (the call then queries as usual), so this never changes an answer,
+//  only how many round trips it takes.
+void casm_lookup_prefetch (casm_lookup_t *self, const casm_lookup_key_t *keys,
+                           size_t count);
+
+//  Drops the answers kept by casm_lookup_prefetch.
+void casm_lookup_forget (casm_lookup_t *self);
 
 #endif

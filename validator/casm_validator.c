@@ -1,10 +1,13 @@
 /*  casm_validator: the validator stage's loop. See casm_validator.h.
 
-    Each unit of work is handled to the end before the next is taken: the
-    checks are a parse and at most two indexed look-ups, each bounded by
+    The units waiting on Q1 are taken together: each is checked (a parse),
+    then the look-ups of all of them go to PostgreSQL in one round trip
+    (casm_lookup_prefetch), then each is handled to the end in turn. A
+    round trip costs far more than the checks, so the busier the
+    validator, the more units share one. Each wait is bounded by
     casm_lookup's timeouts, so a synchronous loop keeps the code plain.
-    Throughput comes from running more instances, which the broker's credit
-    spreads the work over.
+    Throughput also comes from running more instances, which the broker's
+    credit spreads the work over.
 
     The idempotency look-up comes before the business checks: a replay
     returns the recorded answer even when the customer has changed since
@@ -15,8 +18,10 @@
 #include "casm_validate.h"
 #include "casm_lookup.h"
 #include "casm_config.h"
+#include "casm_curve.h"
 #include "casm_error.h"
 #include "casm_log.h"
+#include "casm_metrics_http.h"
 #include "casm_proto.h"
 #include "casm_stage.h"
 
@@ -24,6 +29,8 @@
 #include <string.h>
 
 #define TICK_MS 1000                // casm_stage_tick wants one a second
+#define DRAIN_LINGER_MS 200         // reading units still on their way
+#define BATCH_MAX 64                // units taken from Q1 in one go
 
 struct casm_validator_t {
     casm_stage_t *stage;            // Q1: work in, replies out
@@ -202,8 +209,11 @@ s_change (casm_validator_t *self, casm_work_t **work_p,
     free (recorded);
 }
 
-static void
-s_handle (casm_validator_t *self, casm_work_t *work)
+//  Checks a unit and answers at once what needs no database (a version or
+//  an operation we do not know, a deadline passed, the readiness probe).
+//  Returns the unit's validation, for s_handle, or NULL when it is done.
+static casm_validate_t *
+s_check (casm_validator_t *self, casm_work_t *work)
 {
     if (work->header.version != CASM_MSG_VERSION) {
         casm_warn (NULL, json_pack ("{s:i}", "version",
@@ -211,7 +221,7 @@ s_handle (casm_validator_t *self, casm_work_t *work)
                    "message of an unknown version; answering 500");
         s_reply_error (self, &work, 500, CASM_ERR_INTERNAL, NULL, NULL,
                        NULL);
-        return;
+        return NULL;
     }
 
     //  The gateway has answered 504 by now: nobody waits for this.
@@ -221,13 +231,13 @@ s_handle (casm_validator_t *self, casm_work_t *work)
                     "dropped work past its deadline");
         casm_work_destroy (&work);
         casm_stage_release (self->stage, 1);
-        return;
+        return NULL;
     }
 
     int op = work->header.op;
     if (op == CASM_OP_PING) {
         s_ping (self, &work);
-        return;
+        return NULL;
     }
     if (op != CASM_OP_UPDATE_ATTRIBUTES && op != CASM_OP_CREATE
     &&  op != CASM_OP_UPDATE_STATE && op != CASM_OP_READ) {
@@ -235,7 +245,7 @@ s_handle (casm_validator_t *self, casm_work_t *work)
                    "unknown operation; answering 500");
         s_reply_error (self, &work, 500, CASM_ERR_INTERNAL, NULL, NULL,
                        NULL);
-        return;
+        return NULL;
     }
 
     size_t size;
@@ -245,7 +255,7 @@ s_handle (casm_validator_t *self, casm_work_t *work)
         casm_error (NULL, NULL, "out of memory validating a request");
         s_reply_error (self, &work, 500, CASM_ERR_INTERNAL, NULL, NULL,
                        NULL);
-        return;
+        return NULL;
     }
 
     //  From here on the request id travels in the header too.
@@ -253,7 +263,16 @@ s_handle (casm_validator_t *self, casm_work_t *work)
     if (request_id)
         snprintf (work->header.request_id, sizeof work->header.request_id,
                   "%s", request_id);
+    casm_log_trace (request_id, work->header.trace_id);
+    return check;
+}
 
+//  Answers or forwards a checked unit; destroys the validation.
+static void
+s_handle (casm_validator_t *self, casm_work_t *work, casm_validate_t *check)
+{
+    int op = work->header.op;
+    const char *request_id = casm_validate_request_id (check);
     if (!casm_validate_ok (check))
         s_reply_error (self, &work, 400, CASM_ERR_VALIDATION, NULL,
                        request_id,
@@ -264,6 +283,39 @@ s_handle (casm_validator_t *self, casm_work_t *work)
     else
         s_change (self, &work, check, op);
     casm_validate_destroy (&check);
+}
+
+//  Takes the units waiting on Q1 (at most BATCH_MAX) and checks them,
+//  makes the look-ups of the changes among them in one round trip, then
+//  handles each in turn.
+static void
+s_batch (casm_validator_t *self)
+{
+    casm_work_t *works [BATCH_MAX];
+    casm_validate_t *checks [BATCH_MAX];
+    casm_lookup_key_t keys [BATCH_MAX];
+    size_t count = 0;
+    size_t key_count = 0;
+    zsock_t *socket = casm_stage_socket (self->stage);
+    while (count < BATCH_MAX && (zsock_events (socket) & ZMQ_POLLIN)) {
+        casm_work_t *work = casm_stage_recv (self->stage);
+        casm_validate_t *check = work ? s_check (self, work) : NULL;
+        if (!check)
+            continue;
+        if (work->header.op != CASM_OP_READ && casm_validate_ok (check))
+            keys [key_count++] = (casm_lookup_key_t) {
+                casm_validate_request_id (check), casm_validate_hash (check),
+                casm_validate_ref_id (check),
+                casm_validate_external_id (check)
+            };
+        works [count] = work;
+        checks [count++] = check;
+    }
+
+    casm_lookup_prefetch (self->lookup, keys, key_count);
+    for (size_t i = 0; i < count; i++)
+        s_handle (self, works [i], checks [i]);
+    casm_lookup_forget (self->lookup);
 }
 
 //  A reply from Q2 goes back to Q1 as it is, frames moved, not copied.
@@ -299,7 +351,8 @@ casm_validator_new (const char *database_url, int credit, int64_t grace_ms)
     casm_config_endpoint (endpoint, sizeof endpoint, CASM_QUEUE_WORKER, 0,
                           0);
     casm_socket_tune (self->commands);
-    if (zsock_connect (self->commands, "%s", endpoint) != 0) {
+    if (casm_curve_client (self->commands) != 0
+    ||  zsock_connect (self->commands, "%s", endpoint) != 0) {
         casm_error (NULL, json_pack ("{s:s}", "endpoint", endpoint),
                     "cannot connect to Q2");
         casm_validator_destroy (&self);
@@ -308,6 +361,9 @@ casm_validator_new (const char *database_url, int credit, int64_t grace_ms)
 
     self->poller = zpoller_new (casm_stage_socket (self->stage),
                                 self->commands, NULL);
+    if (self->poller && casm_metrics_http_process ())
+        zpoller_add (self->poller,
+                     casm_metrics_http_reader (casm_metrics_http_process ()));
     if (!self->poller) {
         casm_validator_destroy (&self);
         return NULL;
@@ -334,13 +390,18 @@ casm_validator_destroy (casm_validator_t **self_p)
 
 //  True when the drain is over: every forwarded unit has its reply, or
 //  the grace period is over, or every reply still due is past its
-//  deadline (the gateway has answered those with 504).
+//  deadline (the gateway has answered those with 504). Never before
+//  DRAIN_LINGER_MS, so that units the broker sent before it heard us say
+//  goodbye still come in and are answered.
 static int
 s_drained (casm_validator_t *self, int64_t drain_end)
 {
     int64_t now = casm_now_ms ();
+    if (now >= drain_end)
+        return 1;
+    if (now < drain_end - self->grace_ms + DRAIN_LINGER_MS)
+        return 0;
     return self->relayed >= self->forwarded
-        || now >= drain_end
         || now > self->last_deadline;
 }
 
@@ -360,7 +421,7 @@ casm_validator_run (casm_validator_t *self, volatile sig_atomic_t *signals)
         if (drain_end && s_drained (self, drain_end))
             break;
 
-        int timeout = TICK_MS;
+        int timeout = drain_end ? DRAIN_LINGER_MS / 4 : TICK_MS;
         if (drain_end && drain_end - casm_now_ms () < timeout)
             timeout = (int) (drain_end - casm_now_ms ());
         if (timeout < 0)
@@ -369,14 +430,12 @@ casm_validator_run (casm_validator_t *self, volatile sig_atomic_t *signals)
         //  Work that was on its way before the drain is still handled:
         //  answering it is cheaper than letting it time out.
         void *which = zpoller_wait (self->poller, timeout);
-        if (which == casm_stage_socket (self->stage)) {
-            casm_work_t *work = casm_stage_recv (self->stage);
-            if (work)
-                s_handle (self, work);
-        }
+        if (which == casm_stage_socket (self->stage))
+            s_batch (self);
         else
         if (which == self->commands)
             s_relay (self);
+        casm_metrics_http_serve (casm_metrics_http_process ());
         casm_stage_tick (self->stage);
     }
 

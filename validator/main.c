@@ -7,6 +7,7 @@
 #include "casm_validator.h"
 #include "casm_config.h"
 #include "casm_log.h"
+#include "casm_metrics_http.h"
 
 #include <czmq.h>
 #include <signal.h>
@@ -48,6 +49,7 @@ main (void)
     int credit = (int) casm_config_int ("VALIDATOR_CREDIT", 16, 1, 10000);
     int64_t grace_ms = casm_config_int ("SHUTDOWN_GRACE_MS", 10000, 0,
                                         3600000);
+    casm_metrics_http_start ();
 
     casm_validator_t *validator = casm_validator_new (database_url, credit,
                                                       grace_ms);
@@ -55,5 +57,6 @@ main (void)
         return 1;
     int status = casm_validator_run (validator, &s_signals);
     casm_validator_destroy (&validator);
+    casm_metrics_http_stop ();
     return status;
 }

@@ -1,12 +1,16 @@
-/*  casm_store: the worker's PostgreSQL side, one function per operation.
+/*  casm_store: the worker's PostgreSQL side.
 
-    Each operation takes the command body that the validator sent
-    (docs/internals.md, "the command body") and applies it in one
-    PostgreSQL transaction together with its idempotency record
-    (casm.requests) and its event (casm.outbox), then says what to answer:
-    an outcome with the HTTP status, the response body (the Business
-    Transaction of DESIGN.md 2.2, or an error body), the reply flags, and
-    for a committed change the event frame for the publisher.
+    Each unit of work is a command body that the validator sent
+    (docs/internals.md, "the command body"); the store applies it together
+    with its idempotency record (casm.requests) and its event
+    (casm.outbox), then says what to answer: an outcome with the HTTP
+    status, the response body (the Business Transaction of DESIGN.md 2.2,
+    or an error body), the reply flags, and for a committed change the
+    event frame for the publisher. A batch of units is applied in one
+    transaction (one commit for all, sent in libpq's pipeline mode), but
+    each unit gets its own answer: a unit that cannot be done (no such
+    customer, a requestId already recorded) changes nothing and takes
+    nothing else down. createCustomer runs in a transaction of its own.
 
     A status of 200 or 201 with an event means the change is committed. Any
     doubt about the commit (connection lost mid-statement) gives 503: the
@@ -59,8 +63,25 @@ int casm_store_ready (casm_store_t *self);
 //  was lost (at most one attempt per second). Returns 0 or -1.
 int casm_store_ping (casm_store_t *self);
 
-//  The three operations. Each fills outcome (which the caller clears with
-//  casm_outcome_clear) and returns its status.
+//  One unit of a batch: the operation (casm_op_t) and its command, which
+//  the store reads and does not keep; then what to answer, which the
+//  caller clears with casm_outcome_clear.
+typedef struct {
+    int op;
+    const char *command;
+    size_t size;
+    casm_outcome_t outcome;
+} casm_store_unit_t;
+
+//  Applies count units: the changes to existing customers in one
+//  transaction, each createCustomer in its own, and fills every unit's
+//  outcome, whatever happens (503 for each unit whose fate is not known,
+//  a 200 or 201 only once its COMMIT is).
+void casm_store_execute_batch (casm_store_t *self, casm_store_unit_t *units,
+                               size_t count);
+
+//  The three operations, one unit each. Each fills outcome (which the
+//  caller clears with casm_outcome_clear) and returns its status.
 int casm_store_update_attributes (casm_store_t *self, const char *command,
                                   size_t size, casm_outcome_t *outcome);
 int casm_store_create_customer (casm_store_t *self, const char *command,
@@ -76,6 +97,11 @@ int casm_store_execute (casm_store_t *self, int op, const char *command,
 //  Deletes at most limit idempotency records older than hours. Returns the
 //  number deleted, or -1.
 int casm_store_purge_requests (casm_store_t *self, int hours, int limit);
+
+//  The SQL text of the prepared statement called name (update_attributes,
+//  create_customer, update_state, ...), or NULL. For the benchmark, which
+//  runs the worker's own statements under pgbench.
+const char *casm_store_statement (const char *name);
 
 //  Frees the outcome's body and event and zeroes it.
 void casm_outcome_clear (casm_outcome_t *outcome);

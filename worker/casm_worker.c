@@ -2,10 +2,15 @@
 
     The worker announces its credit on Q2 only once PostgreSQL is reachable
     and the schema is there, so that the broker hands work to instances
-    that can do it. Each unit is applied synchronously (one statement, a
-    few milliseconds); a committed change is forwarded to Q3 with its event
-    and its slot is given back at once, since the rest of its way is the
-    publisher's business. Replies from Q3 carry no slot: they are relayed.
+    that can do it. Its credit is its batch: when work arrives, every unit
+    waiting on Q2 (at most the credit) is taken and applied as one batch,
+    in one PostgreSQL transaction (casm_store_execute_batch), while the
+    loop waits; more work arrives meanwhile, so the busier the worker, the
+    bigger its batches and the fewer its commits. Each committed change is
+    forwarded to Q3 with its event, errors are answered on Q2, and the
+    batch's slots are given back together, since the rest of the way is
+    the publisher's business. Replies from Q3 carry no slot: they are
+    relayed.
 
     The one thing the worker must never do is answer a committed change
     with an error: when Q3 cannot take the event (a full or peerless
@@ -14,8 +19,10 @@
 
 #include "casm_worker.h"
 #include "casm_config.h"
+#include "casm_curve.h"
 #include "casm_error.h"
 #include "casm_log.h"
+#include "casm_metrics_http.h"
 #include "casm_msg.h"
 #include "casm_proto.h"
 #include "casm_stage.h"
@@ -42,6 +49,8 @@ struct casm_worker_t {
     zsock_t *publishers;        // DEALER to Q3's frontend
     zpoller_t *poller;
     int credit;
+    casm_work_t **batch;        // the units being applied, credit of them
+    casm_store_unit_t *units;   // and what the store makes of them
     int retention_hours;
     int64_t grace_ms;
     int pending;                // forwarded to Q3, not yet answered
@@ -57,7 +66,9 @@ casm_worker_new (void)
     if (!self)
         return NULL;
 
-    self->credit = (int) casm_config_int ("WORKER_CREDIT", 4, 1, 1000);
+    self->credit = (int) casm_config_int ("WORKER_CREDIT", 64, 1, 1000);
+    self->batch = calloc ((size_t) self->credit, sizeof *self->batch);
+    self->units = calloc ((size_t) self->credit, sizeof *self->units);
     self->retention_hours = (int) casm_config_int ("REQUEST_RETENTION_HOURS",
                                                    48, 24, 24 * 366);
     self->grace_ms = casm_config_int ("SHUTDOWN_GRACE_MS", 10000, 0,
@@ -70,15 +81,20 @@ casm_worker_new (void)
     self->publishers = zsock_new (ZMQ_DEALER);
     if (self->publishers) {
         casm_socket_tune (self->publishers);
-        if (zsock_connect (self->publishers, "%s", endpoint) != 0) {
+        if (casm_curve_client (self->publishers) != 0
+        ||  zsock_connect (self->publishers, "%s", endpoint) != 0) {
             casm_error (NULL, NULL, "cannot connect to %s", endpoint);
             zsock_destroy (&self->publishers);
         }
     }
     if (self->publishers)
         self->poller = zpoller_new (self->publishers, NULL);
+    if (self->poller && casm_metrics_http_process ())
+        zpoller_add (self->poller,
+                     casm_metrics_http_reader (casm_metrics_http_process ()));
 
-    if (!self->store || !self->publishers || !self->poller) {
+    if (!self->store || !self->publishers || !self->poller || !self->batch
+    ||  !self->units) {
         casm_worker_destroy (&self);
         return NULL;
     }
@@ -95,6 +111,8 @@ casm_worker_destroy (casm_worker_t **self_p)
     casm_stage_destroy (&self->stage);
     zsock_destroy (&self->publishers);
     casm_store_destroy (&self->store);
+    free (self->batch);
+    free (self->units);
     free (self);
     *self_p = NULL;
 }
@@ -104,18 +122,18 @@ casm_worker_destroy (casm_worker_t **self_p)
 //  Answers on Q2
 
 //  Sends an answer on Q2 outside the credit protocol (no slot is given
-//  back): the work's envelope, a reply header with this status and no
+//  back): the work's envelope, a reply header with this status and
 //  flags, and the body. Destroys the work.
 static void
 s_answer (casm_worker_t *self, casm_work_t **work_p, uint16_t status,
-          const char *body, size_t body_size)
+          uint8_t flags, const char *body, size_t body_size)
 {
     casm_work_t *work = *work_p;
     casm_header_t header = work->header;
     header.version = CASM_MSG_VERSION;
     header.kind = CASM_KIND_REPLY;
     header.status = status;
-    header.flags = 0;
+    header.flags = flags;
 
     zmsg_t *msg = casm_work_message (work, CASM_CMD_REPLY, &header, body,
                                      body_size, NULL, 0);
@@ -125,10 +143,10 @@ s_answer (casm_worker_t *self, casm_work_t **work_p, uint16_t status,
         casm_warn (header.request_id, NULL, "could not answer on Q2");
 }
 
-//  Forwards the work to Q3 with this status, body and event, and gives its
-//  slot back. When Q3 refuses the message, answers on Q2 directly: the
-//  change is committed and its event waits in the outbox. A PING that
-//  cannot go on is answered 503.
+//  Forwards the work to Q3 with this status, body and event (its slot is
+//  the caller's to give back). When Q3 refuses the message, answers on Q2
+//  directly: the change is committed and its event waits in the outbox. A
+//  PING that cannot go on is answered 503.
 static void
 s_forward (casm_worker_t *self, casm_work_t **work_p, uint16_t status,
            const char *body, size_t body_size, const char *event,
@@ -161,13 +179,12 @@ s_forward (casm_worker_t *self, casm_work_t **work_p, uint16_t status,
         casm_warn (fallback->header.request_id, NULL,
                    "Q3 refused the message; answering directly%s",
                    ping ? "" : ", the event stays in the outbox");
-        s_answer (self, &fallback, ping ? 503 : status, body, body_size);
+        s_answer (self, &fallback, ping ? 503 : status, 0, body, body_size);
     }
     else {
         casm_error (NULL, NULL, "out of memory: a unit is not answered");
         casm_work_destroy (&fallback);
     }
-    casm_stage_release (self->stage, 1);
 }
 
 
@@ -195,19 +212,24 @@ s_ping (casm_worker_t *self, casm_work_t **work_p)
     json_decref (body);
     size = reply ? strlen (reply) : 0;
 
-    if (up)
+    if (up) {
         s_forward (self, work_p, 200, reply, size, NULL, 0);
+        casm_stage_release (self->stage, 1);
+    }
     else
         casm_stage_reply (self->stage, work_p, 503, 0, reply, size);
     free (reply);
 }
 
-static void
-s_unit (casm_worker_t *self)
+//  Takes one unit from Q2 and answers at once what needs no database (a
+//  version we do not know, a deadline passed, the readiness probe).
+//  Returns the unit to apply, or NULL.
+static casm_work_t *
+s_take (casm_worker_t *self)
 {
     casm_work_t *work = casm_stage_recv (self->stage);
     if (!work)
-        return;
+        return NULL;
 
     if (work->header.version != CASM_MSG_VERSION) {
         casm_warn (NULL, json_pack ("{si}", "version", work->header.version),
@@ -217,7 +239,7 @@ s_unit (casm_worker_t *self)
                                       NULL, NULL, &size);
         casm_stage_reply (self->stage, &work, 500, 0, body, size);
         free (body);
-        return;
+        return NULL;
     }
 
     //  The gateway has answered 504 already and nothing was done: the
@@ -230,30 +252,57 @@ s_unit (casm_worker_t *self)
                     "skipped a unit past its deadline");
         casm_work_destroy (&work);
         casm_stage_release (self->stage, 1);
-        return;
+        return NULL;
     }
 
     if (work->header.op == CASM_OP_PING) {
         s_ping (self, &work);
-        return;
+        return NULL;
     }
+    return work;
+}
 
-    size_t size;
-    const char *command = casm_work_body (work, &size);
-    casm_outcome_t outcome = { 0 };
-    casm_store_execute (self->store, work->header.op, command, size,
-                        &outcome);
-    if (!outcome.body)
-        outcome.body = casm_error_body (500, CASM_ERR_INTERNAL, NULL, NULL,
-                                        NULL, NULL, &outcome.body_size);
+//  Takes every unit waiting on Q2 (at most the credit), applies them as
+//  one batch, answers each, and gives their slots back in one message.
+static void
+s_batch (casm_worker_t *self)
+{
+    zsock_t *socket = casm_stage_socket (self->stage);
+    size_t count = 0;
+    while (count < (size_t) self->credit
+       &&  (zsock_events (socket) & ZMQ_POLLIN)) {
+        casm_work_t *work = s_take (self);
+        if (work)
+            self->batch [count++] = work;
+    }
+    if (count == 0)
+        return;
 
-    if (outcome.event)
-        s_forward (self, &work, outcome.status, outcome.body,
-                   outcome.body_size, outcome.event, outcome.event_size);
-    else
-        casm_stage_reply (self->stage, &work, outcome.status, outcome.flags,
-                          outcome.body, outcome.body_size);
-    casm_outcome_clear (&outcome);
+    for (size_t i = 0; i < count; i++) {
+        casm_store_unit_t *unit = &self->units [i];
+        memset (unit, 0, sizeof *unit);
+        unit->op = self->batch [i]->header.op;
+        unit->command = casm_work_body (self->batch [i], &unit->size);
+    }
+    casm_metrics_batch ("worker", count);
+    int64_t start = casm_now_ms ();
+    casm_store_execute_batch (self->store, self->units, count);
+    casm_debug (NULL, json_pack ("{sI sI}", "units", (json_int_t) count,
+                                 "ms", (json_int_t) (casm_now_ms () - start)),
+                "applied a batch");
+
+    for (size_t i = 0; i < count; i++) {
+        casm_outcome_t *outcome = &self->units [i].outcome;
+        if (outcome->event)
+            s_forward (self, &self->batch [i], outcome->status,
+                       outcome->body, outcome->body_size, outcome->event,
+                       outcome->event_size);
+        else
+            s_answer (self, &self->batch [i], outcome->status,
+                      outcome->flags, outcome->body, outcome->body_size);
+        casm_outcome_clear (outcome);
+    }
+    casm_stage_release (self->stage, (int) count);
 }
 
 
@@ -275,7 +324,7 @@ s_ping_rejected (casm_worker_t *self, casm_work_t **work_p)
     json_object_set_new (body, "publisher", json_string ("down"));
     char *reply = json_dumps (body, JSON_COMPACT);
     json_decref (body);
-    s_answer (self, work_p, 503, reply ? reply : "{}",
+    s_answer (self, work_p, 503, 0, reply ? reply : "{}",
               reply ? strlen (reply) : 2);
     free (reply);
 }
@@ -323,7 +372,7 @@ s_relay (casm_worker_t *self)
     //  work that holds it.
     size_t size;
     const char *body = casm_work_body (work, &size);
-    s_answer (self, &work, status, body, size);
+    s_answer (self, &work, status, 0, body, size);
 }
 
 
@@ -398,11 +447,12 @@ casm_worker_run (casm_worker_t *self, volatile sig_atomic_t *stop)
         }
 
         void *which = zpoller_wait (self->poller, POLL_MS);
+        casm_metrics_http_serve (casm_metrics_http_process ());
         if (which == self->publishers)
             s_relay (self);
         else
         if (self->stage && which == casm_stage_socket (self->stage))
-            s_unit (self);
+            s_batch (self);
     }
     casm_info (NULL, NULL, "worker stopped");
     return 0;

@@ -14,7 +14,7 @@
 
 typedef struct casm_worker_t casm_worker_t;
 
-//  A new worker from the environment: DATABASE_URL, WORKER_CREDIT (4),
+//  A new worker from the environment: DATABASE_URL, WORKER_CREDIT (64),
 //  REQUEST_RETENTION_HOURS (48, at least 24), SHUTDOWN_GRACE_MS (10000),
 //  and the broker's address. Connects to Q3 at once; to PostgreSQL and Q2
 //  when the loop runs. Returns NULL on failure (logged).

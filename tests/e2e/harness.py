@@ -172,25 +172,31 @@ class Process:
 
 class Stack:
     """A whole casm stack. Counts give how many instances of each stage;
-    env adds variables to every casm process (e.g. PUBLISH_TIMEOUT_MS)."""
+    env adds variables to every casm process (e.g. PUBLISH_TIMEOUT_MS).
+    With metrics, every process but the gateways (which serve /metrics on
+    their HTTP port) gets a METRICS_PORT of its own: see scrape()."""
 
     def __init__(self, validators=1, workers=1, publishers=1, gateways=1,
-                 env=None, name="casm"):
+                 env=None, name="casm", dwhs=0, metrics=False):
         here = os.path.dirname(os.path.abspath(__file__))
         self.source_dir = os.environ.get(
             "CASM_SOURCE_DIR", os.path.normpath(os.path.join(here, "..", "..")))
         self.build_dir = os.environ.get(
             "CASM_BUILD_DIR", os.path.join(self.source_dir, "build"))
         self.counts = {"validator": validators, "worker": workers,
-                       "publisher": publishers, "gateway": gateways}
+                       "publisher": publishers, "gateway": gateways,
+                       "dwh": dwhs}
         self.extra_env = dict(env or {})
         self.name = name
         self.tmp = None
         self.processes = []
         self.database_url = None
+        self.pg_port = None
         self.kafka_brokers = None
         self.broker_port = None
         self.http_ports = []
+        self.metrics = metrics
+        self.metrics_ports = {}
         self.kafka = None
         self._local = threading.local()
         self._watchdog = None
@@ -201,6 +207,8 @@ class Stack:
     # ---- start --------------------------------------------------------
 
     def binary(self, directory):
+        """The path of a built casm program, by its directory (broker,
+        gateway, ..., dwh, kafka-mock); StackError when it is missing."""
         if directory == "kafka-mock":
             path = os.path.join(self.build_dir, "tools", "kafka-mock",
                                 "casm-kafka")
@@ -226,6 +234,8 @@ class Stack:
         for d in ("broker", "gateway", "validator", "worker", "publisher",
                   "kafka-mock"):
             self.binary(d)
+        if self.counts["dwh"]:
+            self.binary("dwh")
         self.tmp = tempfile.mkdtemp(prefix="casm-e2e-%s-" % self.name)
         self._start_watchdog()
 
@@ -234,7 +244,7 @@ class Stack:
 
         self.broker_port = _Ports.block(6)
         self.start_process("broker", "broker")
-        for kind in ("publisher", "worker", "validator"):
+        for kind in ("publisher", "worker", "validator", "dwh"):
             for i in range(self.counts[kind]):
                 self.start_process(kind, "%s-%d" % (kind, i + 1))
         for i in range(self.counts["gateway"]):
@@ -258,7 +268,8 @@ class Stack:
             f.write("%d\n" % pgid)
 
     def _start_postgres(self):
-        port = _Ports.one()
+        port = self.pg_port or _Ports.one()
+        self.pg_port = port
         self._pg_dir = os.path.join(self.tmp, "pg")
         pg_sh = os.path.join(self.source_dir, "scripts", "pg.sh")
         with open(os.path.join(self.tmp, "pg.sh.log"), "ab") as log:
@@ -324,12 +335,37 @@ class Stack:
         """Starts one more process of this kind (broker, gateway,
         validator, worker, publisher) and returns it."""
         with self._lock:
+            extra_env = dict(extra_env or {})
+            if self.metrics and kind != "gateway" \
+                    and "METRICS_PORT" not in extra_env:
+                extra_env["METRICS_PORT"] = str(_Ports.one())
+                extra_env.setdefault("METRICS_BIND", "127.0.0.1")
+            if "METRICS_PORT" in extra_env:
+                self.metrics_ports[instance] = int(extra_env["METRICS_PORT"])
             log_path = os.path.join(self.tmp, "%s.log" % instance)
             proc = Process(instance, kind, [self.binary(kind)],
                            self.process_env(instance, extra_env), log_path)
             self.processes.append(proc)
             self._note_pgid(proc.pgid)
             return proc
+
+    def scrape(self, instance, path="/metrics", timeout=10):
+        """GET path (/metrics, /health) from a process's METRICS_PORT, by
+        instance name ("broker", "worker-1"); a gateway ("gateway-1")
+        answers on its HTTP port. Returns Response."""
+        if instance.startswith("gateway-"):
+            return self.http("GET", path, timeout=timeout,
+                             gateway=int(instance.split("-")[1]) - 1)
+        conn = http.client.HTTPConnection(
+            "127.0.0.1", self.metrics_ports[instance], timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        return Response(resp.status, resp.msg,
+                        raw.decode("utf-8", "replace"), raw)
 
     def ready(self):
         try:
@@ -598,11 +634,98 @@ class Stack:
         proc.signal(sig)
         return proc
 
-    def kafka_down(self):
-        self.kafka.signal(signal.SIGUSR1)
+    def start_instance(self, kind, extra_env=None):
+        """Starts one more instance of a stage (validator, worker,
+        publisher, dwh), named after the ones before it ("worker-3"), with
+        the environment the others got: how an operator scales out by
+        hand. For a gateway, extra_env must give HTTP_PORT. Returns the
+        process."""
+        taken = {p.name for p in self.processes}
+        n = 1
+        while "%s-%d" % (kind, n) in taken:
+            n += 1
+        return self.start_process(kind, "%s-%d" % (kind, n), extra_env)
 
-    def kafka_up(self):
+    def wait_log(self, proc, text, timeout, start=0):
+        """Waits, bounded, until proc's log holds a line containing text
+        after byte offset start (see log_size). Returns the line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(proc.log_path, "rb") as f:
+                    f.seek(start)
+                    for line in f.read().decode("utf-8", "replace") \
+                            .splitlines():
+                        if text in line:
+                            return line
+            except OSError:
+                pass
+            if time.monotonic() >= deadline:
+                raise AssertionError("%s logged no %r within %.0f s"
+                                     % (proc.name, text, timeout))
+            time.sleep(0.05)
+
+    @staticmethod
+    def log_size(proc):
+        """The size of proc's log now: a start for wait_log."""
+        try:
+            return os.path.getsize(proc.log_path)
+        except OSError:
+            return 0
+
+    def wait_exit(self, proc, timeout):
+        """Waits, bounded, for proc to exit; returns its exit status, or
+        None when it still runs."""
+        return proc.wait(timeout)
+
+    def kafka_down(self, wait=False):
+        """Takes the Kafka-protocol brokers down (SIGUSR1). With wait, waits
+        until the mock says they are down (it takes about a second)."""
+        start = self.log_size(self.kafka)
+        self.kafka.signal(signal.SIGUSR1)
+        if wait:
+            self.wait_log(self.kafka, "down: connections closed", 15, start)
+
+    def kafka_up(self, wait=False):
+        """Brings the Kafka-protocol brokers back (SIGUSR2). With wait,
+        waits until the mock says they are up."""
+        start = self.log_size(self.kafka)
         self.kafka.signal(signal.SIGUSR2)
+        if wait:
+            self.wait_log(self.kafka, "up: accepting connections", 15,
+                          start)
+
+    def postgres_stop(self):
+        """Stops PostgreSQL (pg.sh stop: a fast shutdown, which ends every
+        session). The stack's processes keep running."""
+        pg_sh = os.path.join(self.source_dir, "scripts", "pg.sh")
+        with open(os.path.join(self.tmp, "pg.sh.log"), "ab") as log:
+            subprocess.run([pg_sh, "stop", self._pg_dir],
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                           timeout=90, check=True)
+
+    def postgres_start(self):
+        """Starts PostgreSQL again, same directory and port."""
+        self._start_postgres()
+
+    def broker(self):
+        """The live casm-broker process, or None."""
+        live = [p for p in self.instances("broker") if p.alive()]
+        return live[0] if live else None
+
+    def broker_restart(self, sig=signal.SIGKILL, down_s=0.0):
+        """Signals the broker (SIGKILL by default), waits for it to exit,
+        leaves it down for down_s seconds, and starts a new one on the
+        same ports. Nobody else is touched. Returns the new process."""
+        old = self.broker()
+        if old is not None:
+            old.signal(sig)
+            if old.wait(STOP_TIMEOUT) is None:
+                raise StackError("the broker did not exit on signal %d"
+                                 % sig)
+        if down_s > 0:
+            time.sleep(down_s)
+        return self.start_instance("broker")
 
     def all_alive(self):
         """Names of the processes that have exited (empty when all live)."""
@@ -645,8 +768,8 @@ class Stack:
 
         # Front to back, so that in-flight work can drain; Kafka last but
         # one, so that publishers can flush; PostgreSQL last.
-        order = ["gateway", "validator", "worker", "publisher", "broker",
-                 "kafka"]
+        order = ["gateway", "validator", "worker", "publisher", "dwh",
+                 "broker", "kafka"]
         for kind in order:
             for p in self.processes:
                 if p.kind == kind and p.alive():
