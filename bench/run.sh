@@ -95,7 +95,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 for tool in cmake wrk pgbench psql curl; do
-    command -v "$tool" >/dev/null || die "$tool is missing (run scripts/deps.sh)"
+    command -v "$tool" >/dev/null \
+        || die "$tool is missing (run scripts/deps.sh)"
 done
 
 # 1. An optimised build of its own.
@@ -135,7 +136,8 @@ BROKER_PORT=$BROKER_PORT INSTANCE=migrate "$WORKER" \
 MIGRATE_PID=$!
 for _ in $(seq 1 300); do
     grep -q '"worker ready"' "$RUN_DIR/migrate.log" && break
-    is_alive "$MIGRATE_PID" || { cat "$RUN_DIR/migrate.log" >&2; die "worker exited"; }
+    is_alive "$MIGRATE_PID" \
+        || { cat "$RUN_DIR/migrate.log" >&2; die "the worker exited"; }
     sleep 0.1
 done
 grep -q '"worker ready"' "$RUN_DIR/migrate.log" \
@@ -158,7 +160,8 @@ sql -c "VACUUM ANALYZE" -c "CHECKPOINT"
 # random seeded customer and 10 attributes, no merge.
 statement=$("$WORKER" --statement update_attributes)
 command="'[{\"requestId\":\"pgbench-' || :client_id || '-' || :r"
-command="$command || '\",\"requestHash\":\"' || md5 (:r::text) || md5 (:n::text)"
+command="$command || '\",\"requestHash\":\"'"
+command="$command || md5 (:r::text) || md5 (:n::text)"
 command="$command || '\",\"refId\":\"00000000-0000-4000-8000-'"
 command="$command || lpad (:n::text, 12, '0') || '\",\"customAttributes\":{'"
 separator=""
@@ -272,17 +275,18 @@ for connections in $CONNECTIONS; do
 done
 
 # 5. The table.
-printf '\ncasm end to end (wrk, bench/update.lua, %ss per row; peak RSS so far in MiB)\n' \
-    "$WRK_SECONDS"
+printf '\ncasm end to end (wrk, bench/update.lua, %ss per row;' "$WRK_SECONDS"
+printf ' peak RSS so far, MiB)\n'
 printf '%11s %10s %8s %8s %8s %8s %7s %9s %9s %9s %9s %9s\n' connections \
     requests/s 'p50 ms' 'p99 ms' 'max ms' non-200 errors gateway validator \
     worker publisher broker
 for row in "${ROWS[@]}"; do
     printf '%s\n' "$row"
 done
-printf '\npgbench (%d clients, %ss, the worker statement, one transaction per request): %s tps, latency %s, failed %s\n' \
-    "$PGBENCH_CLIENTS" "$PGBENCH_SECONDS" "$pgbench_tps" "$pgbench_p" \
-    "${pgbench_failed:-0}"
+printf '\npgbench (%d clients, %ss, the worker statement, one transaction' \
+    "$PGBENCH_CLIENTS" "$PGBENCH_SECONDS"
+printf ' per request): %s tps, latency %s, failed %s\n' "$pgbench_tps" \
+    "$pgbench_p" "${pgbench_failed:-0}"
 if [ -n "${RPS64:-}" ]; then
     ratio=$(awk -v a="$RPS64" -v b="$pgbench_tps" \
         'BEGIN { printf "%.2f", a / b }')

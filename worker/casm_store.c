@@ -1,22 +1,26 @@
 /*  casm_store: the worker's PostgreSQL side. See casm_store.h.
 
-    Each operation is one SQL statement, so one round trip and one
-    transaction (PostgreSQL runs a lone statement as its own transaction):
-    a data-modifying CTE changes the customer with a conditional statement
-    (the row must exist and not be DEACTIVATED, and a merge must not leave
-    more than 256 pairs, all checked against the row as it is when the
-    statement gets its lock, so a concurrent deactivation cannot slip
-    through), builds the Business Transaction around the customer JSON that
-    PostgreSQL made, records it in casm.requests and queues the event in
-    casm.outbox. All of it commits or none of it does.
+    A batch of changes to existing customers is one transaction, sent in
+    one go in libpq's pipeline mode (see "Batches" below): one statement
+    per round of units (S_CHANGE) that, for each unit, locks the customer
+    with a conditional look-up (the row must exist and not be DEACTIVATED,
+    and a merge must not leave more than 256 pairs, all checked against
+    the row as it is when the lock is granted, so a concurrent deactivation
+    cannot slip through), inserts the idempotency record (casm.requests)
+    FIRST with ON CONFLICT DO NOTHING, and only for a record it inserted
+    changes the customer and queues the event (casm.outbox). A unit that
+    cannot be done changes nothing and fails nothing; after the COMMIT a
+    second statement finds out why: a recorded request with this requestId
+    (a copy that committed first, or came earlier in the batch), or no
+    such customer, or a deactivated one, or too many pairs. A copy still in
+    flight in another transaction makes the insert wait for it, so
+    concurrent copies of one request execute once.
 
-    When the statement changes nothing, a second statement finds out why:
-    a recorded request with this requestId (a concurrent copy that
-    committed first), or no such customer, or a deactivated one, or too
-    many pairs. When the requests insert collides with a copy that committed
-    while we waited for it (unique violation), PostgreSQL has rolled the
-    whole statement back and we answer what the copy recorded. That is how
-    concurrent copies of one request execute once.                        */
+    createCustomer is one statement of its own (S_RECORD): it inserts the
+    customer with ON CONFLICT on the externalId and records the request
+    last; a collision with a copy that committed while we waited for it
+    (unique violation) rolls the statement back, and we answer what the
+    copy recorded.                                                         */
 
 #include "casm_store.h"
 #include "casm_customer.h"
