@@ -14,7 +14,8 @@
                          free minus what it sent that was not received
                          yet, which repairs a lost "C"; an instance the
                          broker does not know (a restarted broker) is
-                         registered with credit = free
+                         registered with credit = free, and its received
+                         count becomes the broker's count of units sent
         "R" [envelope] [header] [body]
                          a reply, passed to the frontend as it is
         "D"              draining: send me no more work

@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 
-import harness
 from common import Case, UPDATE
 
 THREADS = 8
@@ -384,5 +383,3 @@ def hold(seconds):
     """Lets the load run for a while (the faults' rhythm, not a check)."""
     time.sleep(seconds)
 
-
-__all__ = ["Answer", "Load", "FaultCase", "THREADS", "hold", "harness"]

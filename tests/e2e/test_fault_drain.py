@@ -12,12 +12,11 @@ import signal
 import sys
 import threading
 import time
-import unittest
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from faults import FaultCase, Load, THREADS  # noqa: E402
+from faults import FaultCase, Load  # noqa: E402
 
 REQUEST_TIMEOUT_MS = 3000
 GRACE_MS = 5000

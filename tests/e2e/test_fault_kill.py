@@ -2,16 +2,16 @@
 """Fault tests 1 and 2 of DESIGN.md 6: kill -9 one of two instances of a
 stage (worker, validator, publisher) under a steady load of concurrent
 clients, at a moment when it holds work (it is frozen with SIGSTOP until
-requests wait on it, then killed). The other instance goes on serving; the only visible effect is
-503/504 (or no answer) for the requests the dead one held; every request
-that got 200 has its change and its event; and retrying each failed one
-with the same requestId gives exactly one effect."""
+requests wait on it, then killed). The other instance goes on serving;
+the only visible effect is 503/504 (or no answer) for the requests the
+dead one held; every request that got 200 has its change and its event;
+and retrying each failed one with the same requestId gives exactly one
+effect."""
 
 import os
 import signal
 import sys
 import time
-import unittest
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -17,12 +17,11 @@ import os
 import signal
 import sys
 import time
-import unittest
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from faults import FaultCase, Load, THREADS, hold  # noqa: E402
+from faults import FaultCase, Load, hold  # noqa: E402
 
 REQUEST_TIMEOUT_MS = 3000
 PUBLISH_TIMEOUT_MS = 1000
