@@ -123,7 +123,7 @@ s_produce (rd_kafka_t *producer, const char *topic, uint32_t seed, long j,
 {
     long customer = j % customers;
     long step = j / customers;
-    char ref_id [40], transaction_id [40], request_id [64], now [32];
+    char ref_id [64], transaction_id [64], request_id [64], now [96];
     snprintf (ref_id, sizeof ref_id, "%08" PRIx32 "-0000-4000-8000-%012lx",
               seed, customer);
     snprintf (transaction_id, sizeof transaction_id,
@@ -220,7 +220,7 @@ main (int argc, char *argv [])
     if (!producer)
         return 1;
 
-    char created [32];
+    char created [96];
     s_now_rfc3339 (created, sizeof created);
     struct timespec start, end;
     clock_gettime (CLOCK_MONOTONIC, &start);
