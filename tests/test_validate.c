@@ -276,6 +276,17 @@ START_TEST (test_key_control_characters)
             UUID "\"},\"customAttributes\":{\"a\\u007fb\":\"v\"}}",
             "customAttributes.a\177b", "INVALID_FORMAT");
 
+    //  C1 controls too: U+0085 (NEL) is 0xC2 0x85 in UTF-8; U+00A0, the
+    //  first character past them, is allowed.
+    s_fail (OP_UPDATE, "{\"requestId\":\"r\",\"customer\":{\"refId\":\""
+            UUID "\"},\"customAttributes\":{\"seg\\u0085ment\":\"v\"}}",
+            "customAttributes.seg\xc2\x85ment", "INVALID_FORMAT");
+    s_fail (OP_UPDATE, "{\"requestId\":\"r\",\"customer\":{\"refId\":\""
+            UUID "\"},\"customAttributes\":{\"a\\u009fb\":\"v\"}}",
+            "customAttributes.a\xc2\x9f" "b", "INVALID_FORMAT");
+    s_pass (OP_UPDATE, "{\"requestId\":\"r\",\"customer\":{\"refId\":\""
+            UUID "\"},\"customAttributes\":{\"a\\u00a0b\":\"v\"}}");
+
     //  Values may hold them; keys with other non-ASCII text are fine.
     s_pass_json (OP_UPDATE, s_update (json_pack ("{s:s, s:s}",
                                                  "na\xc3\xafve", "x\ty",
@@ -321,6 +332,45 @@ START_TEST (test_pair_count)
     s_fail_json (OP_UPDATE, s_update (s_pairs (CASM_ATTRIBUTES_MAX + 1)),
                  "customAttributes", "TOO_MANY");
     s_pass_json (OP_UPDATE, s_update (s_pairs (0)));
+}
+END_TEST
+
+//  Over the pair limit the pairs are not looked at: a huge set of bad
+//  pairs gets one error, not one per pair.
+START_TEST (test_pair_count_alone)
+{
+    json_t *attributes = json_object ();
+    for (int i = 0; i < 5000; i++) {
+        char key [16];
+        snprintf (key, sizeof key, "k%d", i);
+        json_object_set_new (attributes, key, json_integer (i));
+    }
+    char *text = s_text (s_update (attributes));
+    casm_validate_t *check = s_check (OP_UPDATE, text);
+    ck_assert (s_has (check, "customAttributes", "TOO_MANY"));
+    ck_assert_uint_eq (s_count (check), 1);
+    casm_validate_destroy (&check);
+    free (text);
+}
+END_TEST
+
+//  However many problems a body holds, the answer lists a bounded number
+//  of them and says that there were more.
+START_TEST (test_errors_bounded)
+{
+    json_t *request = s_update (s_pairs (1));
+    for (int i = 0; i < 20000; i++) {
+        char name [16];
+        snprintf (name, sizeof name, "x%d", i);
+        json_object_set_new (request, name, json_true ());
+    }
+    char *text = s_text (request);
+    casm_validate_t *check = s_check (OP_UPDATE, text);
+    ck_assert_uint_eq (s_count (check), 65);
+    ck_assert (s_has (check, "", "TOO_MANY_ERRORS"));
+    ck_assert (!casm_validate_ok (check));
+    casm_validate_destroy (&check);
+    free (text);
 }
 END_TEST
 
@@ -1023,6 +1073,8 @@ s_suite (void)
     tcase_add_test (tc, test_key_control_characters);
     tcase_add_test (tc, test_value_length);
     tcase_add_test (tc, test_pair_count);
+    tcase_add_test (tc, test_pair_count_alone);
+    tcase_add_test (tc, test_errors_bounded);
     tcase_add_test (tc, test_value_types);
     tcase_add_test (tc, test_request_id);
     tcase_add_test (tc, test_request_id_kept_on_errors);

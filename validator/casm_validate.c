@@ -1,9 +1,10 @@
 /*  casm_validate: request validation and normalisation, DESIGN.md 2.1.
 
     Every problem is listed, not just the first, so that a client fixes its
-    request in one round. The body is bounded by the gateway and its
-    nesting here before jansson sees it, so the error list and the parse
-    stay bounded too. See casm_validate.h.                                  */
+    request in one round, up to ERRORS_MAX of them: a 2 MiB body of tiny
+    bad pairs would otherwise make a list of hundreds of thousands. The
+    body is bounded by the gateway and its nesting here before jansson
+    sees it, so the parse stays bounded too. See casm_validate.h.           */
 
 #include "casm_validate.h"
 #include "casm_customer.h"
@@ -20,9 +21,13 @@
 #define SEGMENT_BYTES_MAX 128       // customerSegment
 #define EXTERNAL_ID_BYTES_MAX 128
 
+//  The most problems listed in one answer; the last entry then says that
+//  more were left out.
+#define ERRORS_MAX 64
+
 //  Character rules for s_check_string.
 #define RULE_ANY 0
-#define RULE_NO_CONTROL 1           // no byte below 0x20, no 0x7F
+#define RULE_NO_CONTROL 1           // no C0 or C1 control character
 #define RULE_TOKEN 2                // only 0x21..0x7E: printable, no space
 
 struct casm_validate_t {
@@ -42,11 +47,21 @@ static const char *const s_all_states [] = {
     "INACTIVE", "ACTIVE", "SUSPENDED", "DEACTIVATED", NULL
 };
 
-//  Records one problem; the message is printf-formatted.
+//  Records one problem; the message is printf-formatted. Past ERRORS_MAX
+//  problems, one TOO_MANY_ERRORS entry stands for the rest.
 static void
 s_fail (casm_validate_t *self, const char *field, const char *code,
         const char *format, ...)
 {
+    size_t listed = json_array_size (self->errors);
+    if (listed > ERRORS_MAX)
+        return;
+    if (listed == ERRORS_MAX) {
+        casm_error_add (self->errors, "", "TOO_MANY_ERRORS",
+                        "more problems were found; fix these first");
+        return;
+    }
+
     char message [256];
     va_list args;
     va_start (args, format);
@@ -77,6 +92,23 @@ static int
 s_is_control (unsigned char c)
 {
     return c < 0x20 || c == 0x7F;
+}
+
+//  Whether the valid UTF-8 text holds a C0 or C1 control character
+//  (U+0000..U+001F, U+007F, U+0080..U+009F; the last are 0xC2 0x80-0x9F).
+static int
+s_has_control (const char *text, size_t length)
+{
+    for (size_t i = 0; i < length; i++) {
+        unsigned char c = (unsigned char) text [i];
+        if (s_is_control (c))
+            return 1;
+        if (c == 0xC2 && i + 1 < length
+        &&  (unsigned char) text [i + 1] >= 0x80
+        &&  (unsigned char) text [i + 1] <= 0x9F)
+            return 1;
+    }
+    return 0;
 }
 
 //  The member, with JSON null counted as absent.
@@ -129,16 +161,16 @@ s_check_string (casm_validate_t *self, const char *field, json_t *value,
         return -1;
     }
 
-    for (size_t i = 0; i < length; i++) {
+    if (rules == RULE_NO_CONTROL && s_has_control (text, length)) {
+        s_fail (self, field, "INVALID_FORMAT",
+                "must not contain control characters");
+        return -1;
+    }
+    for (size_t i = 0; rules == RULE_TOKEN && i < length; i++) {
         unsigned char c = (unsigned char) text [i];
-        if (rules == RULE_TOKEN && (c < 0x21 || c > 0x7E)) {
+        if (c < 0x21 || c > 0x7E) {
             s_fail (self, field, "INVALID_FORMAT",
                     "must be printable ASCII without spaces");
-            return -1;
-        }
-        if (rules == RULE_NO_CONTROL && s_is_control (c)) {
-            s_fail (self, field, "INVALID_FORMAT",
-                    "must not contain control characters");
             return -1;
         }
     }
@@ -275,9 +307,13 @@ static void
 s_check_attributes (casm_validate_t *self, json_t *attributes,
                     int nulls_allowed)
 {
-    if (json_object_size (attributes) > CASM_ATTRIBUTES_MAX)
+    //  Too many pairs is the one problem worth telling: the pairs are not
+    //  looked at, so the work stays bounded by the limit.
+    if (json_object_size (attributes) > CASM_ATTRIBUTES_MAX) {
         s_fail (self, "customAttributes", "TOO_MANY",
                 "at most %d pairs are allowed", CASM_ATTRIBUTES_MAX);
+        return;
+    }
 
     const char *key;
     json_t *value;
@@ -296,12 +332,9 @@ s_check_attributes (casm_validate_t *self, json_t *attributes,
             s_fail (self, field, "TOO_LONG", "key must be at most %d bytes",
                     CASM_KEY_BYTES_MAX);
         else
-        for (size_t i = 0; i < length; i++)
-            if (s_is_control ((unsigned char) key [i])) {
-                s_fail (self, field, "INVALID_FORMAT",
-                        "key must not contain control characters");
-                break;
-            }
+        if (s_has_control (key, length))
+            s_fail (self, field, "INVALID_FORMAT",
+                    "key must not contain control characters");
 
         if (json_is_null (value)) {
             if (!nulls_allowed)
