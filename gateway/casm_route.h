@@ -47,7 +47,8 @@ int casm_route_trace_id_valid (const char *trace_id);
 //  The readCustomer body made from the query string: a JSON object with
 //  the refId and externalId parameters that are present (value NULL means
 //  absent; a present parameter without a value is an empty string). Values
-//  are escaped by jansson; bytes that are not UTF-8 become '?'. Returns
+//  are escaped by jansson; bytes that are not UTF-8, and NUL, become 0x1A
+//  (a control character, which the validator refuses). Returns
 //  compact JSON text the caller frees with free(), and its length in
 //  *size; NULL only when memory runs out.
 char *casm_route_read_body (const char *ref_id, size_t ref_id_size,

@@ -36,6 +36,7 @@
     "payload FROM casm.outbox " \
     "WHERE sent_at IS NULL " \
     "AND created_at < now () - make_interval (secs => $1::float8) " \
+    "AND id <> ALL ($3::bigint[]) " \
     "ORDER BY id LIMIT $2::int FOR UPDATE SKIP LOCKED"
 
 //  Both halves use the partial index of unsent rows; the count stops at a
@@ -550,6 +551,31 @@ s_sweep_rows (casm_outbox_t *self, PGresult *result)
 }
 
 
+//  The claimed ids as a PostgreSQL array literal, {1,2,3}: the sweep
+//  leaves out the rows this process is publishing already, or it would
+//  fetch them again and again while Kafka is slow, and a batch full of
+//  them would hide the rows behind. The caller frees it; NULL when memory
+//  runs out.
+static char *
+s_claimed_text (casm_outbox_t *self)
+{
+    id_set_t *set = &self->claimed;
+    char *text = malloc (set->count * 21 + 3);
+    if (!text)
+        return NULL;
+
+    size_t at = 0;
+    text [at++] = '{';
+    for (size_t i = 0; i < set->size; i++)
+        if (set->slots [i])
+            at += (size_t) sprintf (text + at, at > 1 ? ",%lld" : "%lld",
+                                    (long long) set->slots [i]);
+    text [at++] = '}';
+    text [at] = 0;
+    return text;
+}
+
+
 static void
 s_sweep_start (casm_outbox_t *self, int limit)
 {
@@ -574,8 +600,14 @@ s_sweep_next (casm_outbox_t *self, op_t op, PGresult *result)
         char age [32], limit [16];
         snprintf (age, sizeof age, "%.3f", self->sweep_age_ms / 1000.0);
         snprintf (limit, sizeof limit, "%d", self->sweep_limit);
-        const char *values [] = { age, limit };
-        s_send (self, OP_SWEEP_SELECT, SQL_SWEEP, 2, values);
+        char *claimed = s_claimed_text (self);
+        if (!claimed) {
+            s_send (self, OP_SWEEP_END, "ROLLBACK", 0, NULL);
+            return;
+        }
+        const char *values [] = { age, limit, claimed };
+        s_send (self, OP_SWEEP_SELECT, SQL_SWEEP, 3, values);
+        free (claimed);
     }
     else
     if (op == OP_SWEEP_SELECT) {

@@ -282,6 +282,15 @@ s_set (rd_kafka_conf_t *conf, const char *name, const char *value)
 }
 
 
+//  The largest request that can pass (librdkafka's own default is about
+//  1 MB). A customer's JSON is at most about 6.4 MB: 256 pairs of a
+//  128-byte key and a 4096-byte value, written six bytes a byte when the
+//  value is all control characters (\u0001), which a merge can build up
+//  over several requests. Anything larger would be refused for ever and
+//  sit in the outbox. Kafka itself must take as much (message.max.bytes
+//  on the broker, max.message.bytes on the topic; compose.yaml sets both).
+#define CASM_PRODUCER_MESSAGE_MAX "8388608"
+
 casm_producer_t *
 casm_producer_new (const casm_producer_config_t *config)
 {
@@ -311,6 +320,7 @@ casm_producer_new (const casm_producer_config_t *config)
     ||  s_set (conf, "linger.ms", linger)
     ||  s_set (conf, "message.timeout.ms", timeout)
     ||  s_set (conf, "reconnect.backoff.max.ms", "2000")
+    ||  s_set (conf, "message.max.bytes", CASM_PRODUCER_MESSAGE_MAX)
     ||  s_set (conf, "log.queue", "true")) {
         rd_kafka_conf_destroy (conf);
         casm_producer_destroy (&self);

@@ -991,6 +991,10 @@ START_TEST (test_read)
             "TOO_SHORT");
     s_fail (CASM_OP_READ, "{\"refId\":\"" UUID "\",\"x\":\"1\"}", "x",
             "UNKNOWN_FIELD");
+
+    //  What the gateway makes of a query value that is not UTF-8.
+    s_fail (CASM_OP_READ, "{\"externalId\":\"CRM\\u001a001\"}",
+            "externalId", "INVALID_FORMAT");
 }
 END_TEST
 

@@ -404,14 +404,22 @@ s_setup (casm_store_t *self)
     //  made once per connection, and one made while a table was still
     //  empty (a new database) would scan that table forever after, slower
     //  with every row: no sequential scans, so the index is the plan.
+    //  The migrations run without the statement timeout: one may build
+    //  an index on a large table, or wait for another worker's lock.
     PQsetNoticeProcessor (self->connection, s_notice, NULL);
     PGresult *result = PQexec (self->connection,
-                               "SET statement_timeout = "
-                               XSTR (CASM_STORE_STATEMENT_MS)
+                               "SET statement_timeout = 0"
                                "; SET enable_seqscan = off");
     int ok = PQresultStatus (result) == PGRES_COMMAND_OK;
     PQclear (result);
     if (!ok || casm_migrate (self->connection) < 0)
+        return -1;
+
+    result = PQexec (self->connection, "SET statement_timeout = "
+                                       XSTR (CASM_STORE_STATEMENT_MS));
+    ok = PQresultStatus (result) == PGRES_COMMAND_OK;
+    PQclear (result);
+    if (!ok)
         return -1;
 
     for (size_t i = 0; i < sizeof s_statements / sizeof s_statements [0];

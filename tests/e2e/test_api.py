@@ -186,6 +186,18 @@ class TestUpdate(Case):
                             % self.customer["refId"])
         self.assertError(r, 400, "CASM-VALIDATION")
 
+    def test_read_bytes_not_utf8(self):
+        # A query value that is not UTF-8 (or holds a NUL) is refused with
+        # the field named; it is never looked up with the bad bytes
+        # replaced, which could find another customer ("CRM?1" here).
+        external_id = "CRM?%s" % uuid.uuid4().hex
+        r = self.stack.create_customer(external_id=external_id)
+        self.assertEqual(r.status, 201, r.body)
+        for raw in ("CRM%%FF%s" % external_id[4:],
+                    "CRM%%00%s" % external_id[4:]):
+            r = self.stack.http("GET", READ + "?externalId=" + raw)
+            self.assertError(r, 400, "CASM-VALIDATION", "externalId")
+
     def test_unknown_customer(self):
         r = self.update({"refId": str(uuid.uuid4())}, {"a": "b"},
                         status=400)
