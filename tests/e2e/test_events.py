@@ -165,8 +165,8 @@ class TestLargestEvent(EventCase):
         # characters, which JSON writes as six bytes each, make an event
         # of about 3.2 MB, built by two merges, each body under the 2 MiB
         # limit. (The largest the limits allow is 256 such pairs, about
-        # 6.4 MB; the mock Kafka broker of the tests serves nothing from a
-        # partition holding a message that large, so this stays at half.)
+        # 6.4 MB; the mock Kafka broker of the tests keeps only about 5 MB
+        # per partition, so this stays at half.)
         s = self.stack
         done = []
         rid = s.request_id()
