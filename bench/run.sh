@@ -22,7 +22,8 @@
 # Environment (defaults): BENCH_BUILD_DIR (build-bench), BENCH_PG_PORT
 # (55800), BENCH_HTTP_PORT (8800), BENCH_BROKER_PORT (5800),
 # BENCH_CUSTOMERS (100000), BENCH_PGBENCH_SECONDS (20), BENCH_WRK_SECONDS
-# (15), BENCH_CONNECTIONS ("1 16 64 256"), BENCH_WRK_THREADS (1), and any
+# (15), BENCH_CONNECTIONS ("1 16 64 256"), BENCH_WRK_THREADS (1),
+# BENCH_VALIDATORS, BENCH_WORKERS and BENCH_PUBLISHERS (1 each), and any
 # casm setting (WORKER_CREDIT, VALIDATOR_CREDIT, KAFKA_LINGER_MS, ...),
 # which reaches the processes as it is. Raw outputs and logs stay in
 # $BENCH_BUILD_DIR/bench-run.
@@ -50,7 +51,16 @@ PG_DATA=$RUN_DIR/pgdata
 CASM_HOME=$RUN_DIR/stack
 PG_SH=$ROOT/scripts/pg.sh
 WORKER=$BUILD_DIR/worker/casm-worker
-PROCESSES=(gateway-1 validator-1 worker-1 publisher-1 broker-1)
+VALIDATORS=${BENCH_VALIDATORS:-1}
+WORKERS=${BENCH_WORKERS:-1}
+PUBLISHERS=${BENCH_PUBLISHERS:-1}
+PROCESSES=(gateway-1)
+for kind in validator:$VALIDATORS worker:$WORKERS publisher:$PUBLISHERS; do
+    for i in $(seq 1 "${kind#*:}"); do
+        PROCESSES+=("${kind%:*}-$i")
+    done
+done
+PROCESSES+=(broker-1)
 
 UP_PID=""
 MIGRATE_PID=""
@@ -212,8 +222,8 @@ url=http://127.0.0.1:$HTTP_PORT
     || die "something answers on port $HTTP_PORT already (BENCH_HTTP_PORT)"
 env CASM_HOME="$CASM_HOME" BUILD_DIR="$BUILD_DIR" HTTP_PORT="$HTTP_PORT" \
     API_KEYS_FILE="$RUN_DIR/api-keys" \
-    BROKER_PORT="$BROKER_PORT" DWHS=0 GATEWAYS=1 VALIDATORS=1 WORKERS=1 \
-    PUBLISHERS=1 "$ROOT/scripts/up.sh" >/dev/null 2>"$RUN_DIR/up.log" &
+    BROKER_PORT="$BROKER_PORT" DWHS=0 GATEWAYS=1 VALIDATORS="$VALIDATORS" \
+    WORKERS="$WORKERS" PUBLISHERS="$PUBLISHERS" "$ROOT/scripts/up.sh" >/dev/null 2>"$RUN_DIR/up.log" &
 UP_PID=$!
 deadline=$((SECONDS + 90))
 until curl -fsS -o /dev/null --max-time 2 "$url/ready" 2>/dev/null; do
@@ -277,9 +287,18 @@ done
 # 5. The table.
 printf '\ncasm end to end (wrk, bench/update.lua, %ss per row;' "$WRK_SECONDS"
 printf ' peak RSS so far, MiB)\n'
-printf '%11s %10s %8s %8s %8s %8s %7s %9s %9s %9s %9s %9s\n' connections \
-    requests/s 'p50 ms' 'p99 ms' 'max ms' non-200 errors gateway validator \
-    worker publisher broker
+printf '%11s %10s %8s %8s %8s %8s %7s' connections requests/s 'p50 ms' \
+    'p99 ms' 'max ms' non-200 errors
+for name in "${PROCESSES[@]}"; do
+    # One instance of a kind is named by the kind alone.
+    kind=${name%-*}
+    case "$kind:$VALIDATORS:$WORKERS:$PUBLISHERS" in
+        validator:1:*|worker:*:1:*|publisher:*:*:1|gateway:*|broker:*)
+            name=$kind ;;
+    esac
+    printf ' %9s' "$name"
+done
+printf '\n'
 for row in "${ROWS[@]}"; do
     printf '%s\n' "$row"
 done
