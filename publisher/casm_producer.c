@@ -282,8 +282,8 @@ s_set (rd_kafka_conf_t *conf, const char *name, const char *value)
 }
 
 
-//  The largest request that can pass (librdkafka's own default is about
-//  1 MB). A customer's JSON is at most about 6.4 MB: 256 pairs of a
+//  The largest message the producer sends (librdkafka's own default is
+//  about 1 MB). A customer's JSON is at most about 6.4 MB: 256 pairs of a
 //  128-byte key and a 4096-byte value, written six bytes a byte when the
 //  value is all control characters (\u0001), which a merge can build up
 //  over several requests. Anything larger would be refused for ever and

@@ -506,6 +506,8 @@ class TestErrors(Contract):
             ("INVALID_FORMAT", self.update_body({"refId": "not-a-uuid"})),
             ("INVALID_VALUE", self.update_body({})),
             ("UNKNOWN_FIELD", self.update_body(ref, extra=1)),
+            ("TOO_MANY_ERRORS", self.update_body(ref, **{
+                "extra%d" % i: 1 for i in range(100)})),
         ]
         for code, body in cases:
             self.assertRequestInvalid(UPDATE, "PUT", body)
