@@ -564,11 +564,12 @@ class TestHostileHttp(Case):
 
     def test_nul_in_a_query(self):
         #  Found by fuzz_http: a NUL in a readCustomer parameter made a body
-        #  the validator could not parse (400 MALFORMED_JSON). It is now a
-        #  '?' like any byte that is not UTF-8, and the reference is judged.
+        #  the validator could not parse (400 MALFORMED_JSON). Like any byte
+        #  that is not UTF-8 it now becomes a control character, which the
+        #  validator refuses with the field named, and nothing is looked up.
         r = self.stack.http("GET", READ + "?externalId=a%00b",
                             headers=auth())
-        self.assertError(r, 404, "NOT-FOUND")
+        self.assertError(r, 400, "CASM-VALIDATION", "externalId")
         r = self.stack.http("GET", READ + "?refId=a%00b", headers=auth())
         self.assertError(r, 400, "CASM-VALIDATION", "refId")
 
