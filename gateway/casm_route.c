@@ -1,6 +1,7 @@
 /*  casm_route: paths, methods and request checks. See casm_route.h.       */
 
 #include "casm_route.h"
+#include "casm_log.h"
 #include "casm_msg.h"
 
 #include <jansson.h>
@@ -84,31 +85,12 @@ casm_route_trace_id_valid (const char *trace_id)
     return size > 0;
 }
 
-//  A query parameter as a JSON string. Bytes that cannot be in one (not
-//  UTF-8, or NUL) become 0x1A, the ASCII substitute character: a control
-//  character, which no externalId and no refId may hold, so the validator
-//  refuses the value with a field-level error, where '?' would have
-//  looked up another customer.
-static json_t *
-s_query_string (const char *text, size_t size)
-{
-    json_t *string = memchr (text, 0, size) ? NULL
-                                            : json_stringn (text, size);
-    if (string)
-        return string;
-
-    char *copy = malloc (size + 1);
-    if (!copy)
-        return NULL;
-    for (size_t i = 0; i < size; i++) {
-        unsigned char c = (unsigned char) text [i];
-        copy [i] = c < 0x80 && c != 0 ? (char) c : 0x1A;
-    }
-    copy [size] = 0;
-    string = json_stringn (copy, size);
-    free (copy);
-    return string;
-}
+//  Query bytes that cannot be in a JSON string (not UTF-8, or NUL) become
+//  0x1A, the ASCII substitute character: a control character, which no
+//  externalId and no refId may hold, so the validator refuses the value
+//  with a field-level error, where '?' would have looked up another
+//  customer.
+#define QUERY_REPLACEMENT 0x1A
 
 char *
 casm_route_read_body (const char *ref_id, size_t ref_id_size,
@@ -119,13 +101,13 @@ casm_route_read_body (const char *ref_id, size_t ref_id_size,
     if (!body)
         return NULL;
 
+    //  json_object_set_new takes the value, and fails on a NULL one.
     if ((ref_id
-    &&   json_object_set_new (body, "refId",
-                              s_query_string (ref_id, ref_id_size)) != 0)
+    &&   json_object_set_new (body, "refId", casm_json_string_replacing (
+             ref_id, ref_id_size, QUERY_REPLACEMENT)) != 0)
     ||  (external_id
-    &&   json_object_set_new (body, "externalId",
-                              s_query_string (external_id,
-                                              external_id_size)) != 0)) {
+    &&   json_object_set_new (body, "externalId", casm_json_string_replacing (
+             external_id, external_id_size, QUERY_REPLACEMENT)) != 0)) {
         json_decref (body);
         return NULL;
     }

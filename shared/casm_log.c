@@ -29,6 +29,13 @@ static unsigned s_trace_next = 0;
 json_t *
 casm_log_string (const char *text, size_t size)
 {
+    json_t *string = casm_json_string_replacing (text, size, '?');
+    return string ? string : json_string ("?");
+}
+
+json_t *
+casm_json_string_replacing (const char *text, size_t size, char replacement)
+{
     json_t *string = memchr (text, 0, size) ? NULL
                                             : json_stringn (text, size);
     if (string)
@@ -36,10 +43,10 @@ casm_log_string (const char *text, size_t size)
 
     char *copy = malloc (size + 1);
     if (!copy)
-        return json_string ("?");
+        return NULL;
     for (size_t i = 0; i < size; i++) {
         unsigned char c = (unsigned char) text [i];
-        copy [i] = c < 0x80 && c != 0 ? (char) c : '?';
+        copy [i] = c < 0x80 && c != 0 ? (char) c : replacement;
     }
     copy [size] = 0;
     string = json_stringn (copy, size);

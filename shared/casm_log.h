@@ -37,6 +37,13 @@ void casm_log (casm_log_level_t level, const char *request_id,
 //  byte replaced by '?'.
 json_t *casm_log_string (const char *text, size_t size);
 
+//  A new JSON string of these bytes as they are when they are valid UTF-8
+//  without NUL; otherwise with every byte from 0x80 up, and NUL, replaced
+//  by replacement (an ASCII byte other than NUL). NULL only when memory
+//  runs out.
+json_t *casm_json_string_replacing (const char *text, size_t size,
+                                    char replacement);
+
 //  Remembers that the request request_id travels with the trace id
 //  trace_id (the gateway's X-Request-Id), so that every later line naming
 //  that request id carries "traceId" too: one grep for either finds the
