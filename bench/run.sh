@@ -223,7 +223,8 @@ url=http://127.0.0.1:$HTTP_PORT
 env CASM_HOME="$CASM_HOME" BUILD_DIR="$BUILD_DIR" HTTP_PORT="$HTTP_PORT" \
     API_KEYS_FILE="$RUN_DIR/api-keys" \
     BROKER_PORT="$BROKER_PORT" DWHS=0 GATEWAYS=1 VALIDATORS="$VALIDATORS" \
-    WORKERS="$WORKERS" PUBLISHERS="$PUBLISHERS" "$ROOT/scripts/up.sh" >/dev/null 2>"$RUN_DIR/up.log" &
+    WORKERS="$WORKERS" PUBLISHERS="$PUBLISHERS" "$ROOT/scripts/up.sh" \
+    >/dev/null 2>"$RUN_DIR/up.log" &
 UP_PID=$!
 deadline=$((SECONDS + 90))
 until curl -fsS -o /dev/null --max-time 2 "$url/ready" 2>/dev/null; do
