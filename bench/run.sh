@@ -252,17 +252,47 @@ ms() {
     awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'
 }
 
+# CPU time (user + system, all threads) a process has used, in clock ticks.
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# The PostgreSQL server's processes: the postmaster and its children (the
+# casm sessions among them, and the WAL writer, checkpointer...).
+pg_pids() {
+    local postmaster
+    postmaster=$(head -n 1 "$PG_DATA/postmaster.pid" 2>/dev/null) || return 0
+    echo "$postmaster"
+    pgrep -P "$postmaster" || true
+}
+
+# CPU ticks so far of each casm process, then of PostgreSQL, one per line.
+cpu_snapshot() {
+    local name pid total=0
+    for name in "${PROCESSES[@]}"; do
+        cpu_ticks "${PIDS[$name]}"
+    done
+    for pid in $(pg_pids); do
+        total=$((total + $(cpu_ticks "$pid")))
+    done
+    echo "$total"
+}
+
+TICKS=$(getconf CLK_TCK)
 ROWS=()
+CPU_ROWS=()
 tag=b$(date +%s)
 for connections in $CONNECTIONS; do
     threads=$WRK_THREADS
     [ "$threads" -le "$connections" ] || threads=$connections
     log "wrk: $connections connections, ${WRK_SECONDS}s"
     out=$RUN_DIR/wrk-$connections.out
+    mapfile -t before < <(cpu_snapshot)
     wrk -t "$threads" -c "$connections" -d "${WRK_SECONDS}s" --timeout 10s \
         --latency -s "$ROOT/bench/update.lua" "$url" \
         -- "$tag-c$connections" "$CUSTOMERS" "$API_KEY" >"$out" 2>&1 \
         || { cat "$out" >&2; die "wrk failed"; }
+    mapfile -t after < <(cpu_snapshot)
     result=$(grep '^casm-bench ' "$out") || { cat "$out" >&2; die "no result"; }
     declare -A r=()
     for pair in ${result#casm-bench }; do
@@ -278,6 +308,16 @@ for connections in $CONNECTIONS; do
         row="$row $(printf '%9s' "$(peak_rss "${PIDS[$name]}")")"
     done
     ROWS+=("$row")
+    # CPU microseconds per request of each process, PostgreSQL's, and all.
+    row=$(printf '%11s' "$connections")
+    sum=0
+    for i in "${!after[@]}"; do
+        us=$(awk -v d=$((after[i] - before[i])) -v n="${r[requests]}" \
+            -v t="$TICKS" 'BEGIN { printf "%.0f", n ? d * 1e6 / t / n : 0 }')
+        row="$row $(printf '%9s' "$us")"
+        sum=$((sum + us))
+    done
+    CPU_ROWS+=("$row $(printf '%9s' "$sum")")
     if [ "$connections" = 64 ]; then
         RPS64=$rps
         P99_64=$(ms "${r[p99_us]}")
@@ -285,22 +325,35 @@ for connections in $CONNECTIONS; do
     sleep 2
 done
 
-# 5. The table.
+# 5. The tables.
+# The processes' column names; one instance of a kind is named by the kind
+# alone.
+process_names() {
+    local name kind
+    for name in "${PROCESSES[@]}"; do
+        kind=${name%-*}
+        case "$kind:$VALIDATORS:$WORKERS:$PUBLISHERS" in
+            validator:1:*|worker:*:1:*|publisher:*:*:1|gateway:*|broker:*)
+                name=$kind ;;
+        esac
+        printf ' %9s' "$name"
+    done
+}
+
 printf '\ncasm end to end (wrk, bench/update.lua, %ss per row;' "$WRK_SECONDS"
 printf ' peak RSS so far, MiB)\n'
 printf '%11s %10s %8s %8s %8s %8s %7s' connections requests/s 'p50 ms' \
     'p99 ms' 'max ms' non-200 errors
-for name in "${PROCESSES[@]}"; do
-    # One instance of a kind is named by the kind alone.
-    kind=${name%-*}
-    case "$kind:$VALIDATORS:$WORKERS:$PUBLISHERS" in
-        validator:1:*|worker:*:1:*|publisher:*:*:1|gateway:*|broker:*)
-            name=$kind ;;
-    esac
-    printf ' %9s' "$name"
-done
+process_names
 printf '\n'
 for row in "${ROWS[@]}"; do
+    printf '%s\n' "$row"
+done
+printf '\nCPU time per request, microseconds (user + system, all threads)\n'
+printf '%11s' connections
+process_names
+printf ' %9s %9s\n' postgres all
+for row in "${CPU_ROWS[@]}"; do
     printf '%s\n' "$row"
 done
 printf '\npgbench (%d clients, %ss, the worker statement, one transaction' \

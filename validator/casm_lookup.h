@@ -62,8 +62,8 @@ typedef struct {
     const char *external_id;
 } casm_lookup_key_t;
 
-//  Makes the look-ups of count requests at once, in one round trip (a
-//  batch in libpq's pipeline mode), and keeps the answers: until
+//  Makes the look-ups of count requests at once, in one round trip (one
+//  statement for them all), and keeps the answers: until
 //  casm_lookup_forget, casm_lookup_request and casm_lookup_customer
 //  answer a key asked here without a query. A look-up that failed is not
 //  kept (the call then queries as usual), so this never changes an answer,
