@@ -772,6 +772,53 @@ START_TEST (test_escaping)
 }
 END_TEST
 
+START_TEST (test_same_bytes_as_read)
+{
+    //  The customer in an update's answer and event is made by the batch
+    //  statement's own rendering of the attributes; it must be the bytes
+    //  that casm.customer_json, which reads use, gives for the stored row,
+    //  keys in byte order whatever the database's collation.
+    casm_store_t *store = s_store ();
+    char ref_id [37], request_id [128];
+    s_new_customer (store, ref_id, NULL);
+    s_unique (request_id, sizeof request_id, "bytes");
+    casm_outcome_t outcome = { 0 };
+    s_update (store, request_id, ref_id,
+              "{\"\u00e9\":\"1\",\"b\":\"2\",\"Z\":\"3\","
+              "\"\u00e4\":\"4\",\"a\":\"5\",\"9\":\"6\",\"10\":\"7\"}",
+              0, NULL, &outcome);
+    json_decref (s_assert_bt (&outcome, 200,
+                              "updateCustomerCustomAttributes", request_id));
+
+    PGconn *db = s_db ();
+    const char *params [1] = { ref_id };
+    PGresult *result = PQexecParams (db,
+        "SELECT casm.customer_json (c), o.payload FROM casm.customers c"
+        " JOIN casm.outbox o ON o.customer_ref = c.ref_id"
+        " AND o.version = c.version WHERE c.ref_id = $1::uuid",
+        1, NULL, params, NULL, NULL, 0);
+    ck_assert_int_eq (PQresultStatus (result), PGRES_TUPLES_OK);
+    ck_assert_int_eq (PQntuples (result), 1);
+    const char *read = PQgetvalue (result, 0, 0);
+    ck_assert_str_eq (PQgetvalue (result, 0, 1), read);
+    ck_assert_ptr_nonnull (strstr (read, "\"customAttributes\":{\"10\":\"7\","
+        "\"9\":\"6\",\"Z\":\"3\",\"a\":\"5\",\"b\":\"2\","
+        "\"\xc3\xa4\":\"4\",\"\xc3\xa9\":\"1\"}"));
+    size_t tail_size = strlen (read) + strlen ("\"customer\":}");
+    char *tail = malloc (tail_size + 1);
+    ck_assert_ptr_nonnull (tail);
+    snprintf (tail, tail_size + 1, "\"customer\":%s}", read);
+    size_t body_size = strlen (outcome.body);
+    ck_assert_uint_gt (body_size, tail_size);
+    ck_assert_str_eq (outcome.body + body_size - tail_size, tail);
+    free (tail);
+    PQclear (result);
+    PQfinish (db);
+    casm_outcome_clear (&outcome);
+    casm_store_destroy (&store);
+}
+END_TEST
+
 START_TEST (test_malformed_command)
 {
     casm_store_t *store = s_store ();
@@ -1569,6 +1616,7 @@ main (void)
     tcase_add_test (single, test_failure_is_not_recorded);
     tcase_add_test (single, test_external_id_exists);
     tcase_add_test (single, test_escaping);
+    tcase_add_test (single, test_same_bytes_as_read);
     tcase_add_test (single, test_malformed_command);
     suite_add_tcase (suite, single);
 

@@ -108,7 +108,8 @@
 //  makes the insert wait for its outcome. jsonb populates nxt from cur's
 //  row, so a column added to casm.customers later keeps its value; the
 //  update writes nxt's values and the customer JSON is made from nxt by
-//  the function behind CASM_CUSTOMER_JSON_SQL, so row, answer and event
+//  casm.customer_json with CASM_ATTRIBUTES_JSON_SQL, the rendering that
+//  CASM_CUSTOMER_JSON_SQL gives, so row, answer, event and a later read
 //  agree byte for byte. Rows: the unit's position in $1 (from 1), outbox
 //  id, transaction id, ref id, customer JSON, Business Transaction.
 #define S_CHANGE(operation, fields, condition, changes, new_columns, set) \
@@ -133,7 +134,9 @@
     new_columns ", 'version', (cur.old).version + 1," \
     " 'modified_at', now ())) AS c FROM cur), " \
     "bt AS (" \
-    " SELECT nxt.*, casm.customer_json (nxt.c) AS customer FROM nxt), " \
+    " SELECT nxt.*, casm.customer_json (nxt.c, " \
+    CASM_ATTRIBUTES_JSON_SQL ("(nxt.c).custom_attributes") \
+    ") AS customer FROM nxt), " \
     "answer AS (" \
     " SELECT bt.n, bt.request_id, bt.hash, bt.tid, (bt.c).ref_id," \
     " (bt.c).version, bt.customer," \
