@@ -17,7 +17,9 @@
 #      has its own bench/dwh_bench.sh) and drives it with wrk and
 #      bench/update.lua at each of BENCH_CONNECTIONS;
 #   5. prints a table (requests/s, latency, non-200 answers, each casm
-#      process's peak RSS so far) and the ratio line; stops everything.
+#      process's peak RSS so far), a table of CPU time per request (each
+#      casm process, PostgreSQL, all) and the ratio line; stops
+#      everything.
 #
 # Environment (defaults): BENCH_BUILD_DIR (build-bench), BENCH_PG_PORT
 # (55800), BENCH_HTTP_PORT (8800), BENCH_BROKER_PORT (5800),
