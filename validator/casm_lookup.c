@@ -666,9 +666,18 @@ casm_lookup_prefetch (casm_lookup_t *self, const casm_lookup_key_t *keys,
         for (int row = 0; row < PQntuples (result); row++) {
             long n = atol (PQgetvalue (result, row, 0));
             if (n >= 1 && (size_t) n <= count
-            &&  self->kept [n - 1].request == S_UNKNOWN
             &&  !self->kept [n - 1].request_id)
                 s_keep_row (&self->kept [n - 1], &keys [n - 1], result, row);
         }
+    else {
+        //  The keys were checked before they came here, so this is a bug
+        //  or a schema out of step: say so, or the validator would go on
+        //  at a query per unit with nothing to show why.
+        char buffer [256];
+        casm_warn (NULL, json_pack ("{s:I, s:s}", "keys", (json_int_t) count,
+                   "reason", s_message (PQresultErrorMessage (result),
+                                        buffer, sizeof buffer)),
+                   "the batch look-up failed; each unit queries alone");
+    }
     PQclear (result);
 }
