@@ -8,12 +8,19 @@
     FIFO holds whole frontend messages, frames untouched, with the deadline
     read once from the header.
 
+    Bundles (casm_bundle.h) save wake-ups on both sides. A bundle that
+    comes in is taken apart into its units, each given the sender's
+    identity. Going out, the units one dispatch hands each instance leave
+    as one bundle, and the replies for one upstream peer that arrive
+    together leave as one bundle too.
+
     Sends use ZFRAME_REUSE, which shares each frame's buffer with libzmq
     instead of handing it over: when the ROUTER refuses a message
     (ZMQ_ROUTER_MANDATORY makes a vanished peer an error, and a full pipe
     one too), the message is still whole here and goes back where it was.  */
 
 #include "casm_queue.h"
+#include "casm_bundle.h"
 #include "casm_curve.h"
 #include "casm_log.h"
 #include "casm_msg.h"
@@ -45,6 +52,7 @@ typedef struct {
     int64_t last_seen;          // monotonic ms of its last message
     bool draining;              // said "D": no more work, replies still
     void *ready;                // handle in the ready ring, or NULL
+    casm_bundle_t *out;         // units a dispatch is giving it, or NULL
 } s_instance_t;
 
 typedef struct {
@@ -66,6 +74,9 @@ struct casm_queue_t {
     casm_queue_stats_t stats;
     casm_queue_stats_t reported;
     int64_t next_report;
+    casm_bundle_t *units;       // the units of a bundle that came in
+    casm_bundle_t *replies;     // replies for reply_to, not sent yet
+    zframe_t *reply_to;         // their upstream identity, or NULL
 };
 
 
@@ -106,6 +117,7 @@ s_instance_destroy (void **item_p)
     if (!instance)
         return;
     zframe_destroy (&instance->identity);
+    casm_bundle_destroy (&instance->out);
     free (instance);
     *item_p = NULL;
 }
@@ -321,18 +333,48 @@ s_instance_forget (casm_queue_t *self, s_instance_t *instance,
 //  --------------------------------------------------------------------
 //  Dispatch
 
-//  Sends waiting work to ready instances, round-robin, until the FIFO or
-//  the credit runs out. An instance that vanished is forgotten and its
-//  unit goes to the next; one whose pipe is full is skipped this time.
+//  Puts units a dispatch could not send back at the head of the FIFO, in
+//  their order, with their deadlines read again.
 static void
-s_dispatch (casm_queue_t *self)
+s_put_back (casm_queue_t *self, casm_bundle_t *units)
 {
-    size_t refused = 0;
+    zlistx_t *back = zlistx_new ();
+    zmsg_t *msg;
+    while ((msg = casm_bundle_pop (units))) {
+        s_pending_t *pending = calloc (1, sizeof *pending);
+        if (!pending) {
+            zmsg_destroy (&msg);
+            continue;
+        }
+        casm_header_t header;
+        zframe_t *frame = s_header_frame (msg);
+        if (frame && casm_header_decode (frame, &header) == 0)
+            pending->deadline = header.deadline_ms;
+        pending->msg = msg;
+        zlistx_add_end (back, pending);
+    }
+    s_pending_t *pending = (s_pending_t *) zlistx_last (back);
+    while (pending) {
+        zlistx_add_start (self->fifo, pending);
+        pending = (s_pending_t *) zlistx_prev (back);
+    }
+    zlistx_destroy (&back);
+}
+
+//  One round of dispatch: waiting work goes to the ready instances,
+//  round-robin, one unit each in turn, until the FIFO or the credit runs
+//  out; then each instance's units leave as one message. An instance that
+//  vanished is forgotten, one whose pipe is full goes into refused; the
+//  units of either go back to the FIFO. Returns how many instances were
+//  given units: 0 means nothing changed.
+static size_t
+s_dispatch_round (casm_queue_t *self, zlistx_t *refused)
+{
     int64_t now = s_wall (self);
     bool drop_expired = self->number != CASM_QUEUE_PUBLISHER;
+    zlistx_t *taking = zlistx_new ();
 
-    while (zlistx_size (self->fifo) > 0 && zlistx_size (self->ready) > 0
-           && refused < zlistx_size (self->ready)) {
+    while (zlistx_size (self->fifo) > 0 && zlistx_size (self->ready) > 0) {
         s_pending_t *pending = (s_pending_t *) zlistx_first (self->fifo);
         void *handle = zlistx_cursor (self->fifo);
 
@@ -345,32 +387,78 @@ s_dispatch (casm_queue_t *self)
             continue;
         }
         s_instance_t *instance = (s_instance_t *) zlistx_first (self->ready);
-        if (s_send (self->backend, instance->identity, pending->msg) == 0) {
-            zlistx_delete (self->fifo, handle);
-            self->stats.dispatched++;
-            refused = 0;
-            instance->credit--;
-            instance->sent = (instance->sent + 1) % CASM_COUNT_MOD;
-            zlistx_move_end (self->ready, instance->ready);
-            s_instance_update (self, instance);
-        }
-        else
-        if (errno == EHOSTUNREACH) {
-            s_instance_forget (self, instance, "unreachable");
-        }
-        else
-        if (errno == EAGAIN) {
-            refused++;
-            zlistx_move_end (self->ready, instance->ready);
-            casm_debug (NULL, s_fields (self, instance),
-                        "instance pipe full, skipped");
-        }
-        else {
-            casm_error (NULL, s_fields (self, NULL), "backend send: %s",
-                        zmq_strerror (errno));
+        if (!instance->out && !(instance->out = casm_bundle_new ()))
             break;
+        if (casm_bundle_size (instance->out) == 0)
+            zlistx_add_end (taking, instance);
+        zmsg_t *msg = pending->msg;
+        pending->msg = NULL;
+        zlistx_delete (self->fifo, handle);
+        casm_bundle_append (instance->out, &msg);
+        instance->credit--;
+        zlistx_move_end (self->ready, instance->ready);
+        s_instance_update (self, instance);
+    }
+
+    size_t given = zlistx_size (taking);
+    s_instance_t *instance;
+    while ((instance = (s_instance_t *) zlistx_first (taking))) {
+        zlistx_delete (taking, zlistx_cursor (taking));
+        size_t count = casm_bundle_size (instance->out);
+        if (casm_bundle_send (instance->out, zsock_resolve (self->backend),
+                              instance->identity) == 0) {
+            self->stats.dispatched += count;
+            instance->sent = (instance->sent + (int64_t) count)
+                           % CASM_COUNT_MOD;
+            continue;
+        }
+        int error = errno;
+        size_t kept = casm_bundle_size (instance->out);
+        self->stats.dispatched += count - kept;
+        instance->sent = (instance->sent + (int64_t) (count - kept))
+                       % CASM_COUNT_MOD;
+        instance->credit += (int64_t) kept;
+        s_put_back (self, instance->out);
+        if (error == EHOSTUNREACH)
+            s_instance_forget (self, instance, "unreachable");
+        else {
+            if (error == EAGAIN)
+                casm_debug (NULL, s_fields (self, instance),
+                            "instance pipe full, skipped");
+            else
+                casm_error (NULL, s_fields (self, instance),
+                            "backend send: %s", zmq_strerror (error));
+            if (instance->ready) {
+                zlistx_delete (self->ready, instance->ready);
+                instance->ready = NULL;
+            }
+            zlistx_add_end (refused, instance);
         }
     }
+    zlistx_destroy (&taking);
+    return given;
+}
+
+//  Sends waiting work to ready instances until the FIFO or the credit
+//  runs out, or every instance with credit refused. Refused instances
+//  are ready again for the next dispatch.
+static void
+s_dispatch (casm_queue_t *self)
+{
+    if (zlistx_size (self->fifo) == 0 || zlistx_size (self->ready) == 0)
+        return;
+    //  Each round either sends everything it can or takes an instance out
+    //  of the ring (refused or forgotten), so the rounds end.
+    zlistx_t *refused = zlistx_new ();
+    while (zlistx_size (self->fifo) > 0 && zlistx_size (self->ready) > 0
+           && s_dispatch_round (self, refused) > 0)
+        ;
+    s_instance_t *instance;
+    while ((instance = (s_instance_t *) zlistx_first (refused))) {
+        zlistx_delete (refused, zlistx_cursor (refused));
+        s_instance_update (self, instance);
+    }
+    zlistx_destroy (&refused);
 }
 
 
@@ -395,6 +483,12 @@ casm_queue_new (int queue, const char *frontend, const char *backend,
     self->ready = zlistx_new ();
     self->fifo = zlistx_new ();
     zlistx_set_destructor (self->fifo, s_pending_destroy);
+    self->units = casm_bundle_new ();
+    self->replies = casm_bundle_new ();
+    if (!self->units || !self->replies) {
+        casm_queue_destroy (&self);
+        return NULL;
+    }
 
     const char *endpoints [2] = { frontend, backend };
     zsock_t **sockets [2] = { &self->frontend, &self->backend };
@@ -442,6 +536,9 @@ casm_queue_destroy (casm_queue_t **self_p)
     zlistx_destroy (&self->fifo);
     zlistx_destroy (&self->ready);
     zhashx_destroy (&self->instances);
+    casm_bundle_destroy (&self->units);
+    casm_bundle_destroy (&self->replies);
+    zframe_destroy (&self->reply_to);
     free (self);
     *self_p = NULL;
 }
@@ -480,6 +577,10 @@ s_frontend_message (casm_queue_t *self, zmsg_t **msg_p)
     if (casm_header_decode (header_frame, &header) == 0)
         deadline = header.deadline_ms;
 
+    //  Work read in this call is dispatched at its end, all together; a
+    //  full FIFO first gives what it can to the instances.
+    if (zlistx_size (self->fifo) >= self->fifo_max)
+        s_dispatch (self);
     if (self->accepting == 0 || zlistx_size (self->fifo) >= self->fifo_max) {
         s_reject (self, msg_p);
         return;
@@ -493,7 +594,28 @@ s_frontend_message (casm_queue_t *self, zmsg_t **msg_p)
     *msg_p = NULL;
     pending->deadline = deadline;
     zlistx_add_end (self->fifo, pending);
-    s_dispatch (self);
+}
+
+//  The units of a bundle from peer: msg is the bundle, peer its sender's
+//  identity, which each unit gets in front. Returns the units, or -1
+//  when the bundle is malformed (it is dropped and counted).
+static int
+s_unbundle (casm_queue_t *self, zmsg_t **msg_p, zframe_t *peer)
+{
+    int units = casm_bundle_unpack (self->units, msg_p, peer);
+    if (units < 0) {
+        self->stats.malformed++;
+        casm_warn (NULL, s_fields (self, NULL), "dropped a malformed bundle");
+    }
+    return units;
+}
+
+//  True when the message is [identity] [bundle ...].
+static bool
+s_bundled (zmsg_t *msg)
+{
+    zframe_t *second = zmsg_first (msg) ? zmsg_next (msg) : NULL;
+    return second && zframe_size (second) == 0;
 }
 
 int
@@ -503,9 +625,19 @@ casm_queue_frontend (casm_queue_t *self)
     zmsg_t *msg;
     while (count < BATCH
            && (msg = zmsg_recv_nowait (zsock_resolve (self->frontend)))) {
-        s_frontend_message (self, &msg);
+        if (s_bundled (msg)) {
+            zframe_t *peer = zmsg_pop (msg);
+            s_unbundle (self, &msg, peer);
+            zframe_destroy (&peer);
+            zmsg_t *unit;
+            while ((unit = casm_bundle_pop (self->units)))
+                s_frontend_message (self, &unit);
+        }
+        else
+            s_frontend_message (self, &msg);
         count++;
     }
+    s_dispatch (self);
     return count;
 }
 
@@ -574,32 +706,61 @@ s_heartbeat (casm_queue_t *self, s_instance_t *instance, int64_t free_slots,
     }
 }
 
-//  Passes everything after the command to the frontend, which routes it
-//  by its first frame, the upstream identity.
+//  Sends the replies held for one upstream peer, as one message.
 static void
-s_reply (casm_queue_t *self, zmsg_t *msg)
+s_replies_flush (casm_queue_t *self)
 {
-    if (zmsg_size (msg) == 0) {
+    size_t count = casm_bundle_size (self->replies);
+    if (count > 0) {
+        if (casm_bundle_send (self->replies, zsock_resolve (self->frontend),
+                              self->reply_to) != 0) {
+            size_t lost = casm_bundle_size (self->replies);
+            self->stats.undeliverable += lost;
+            count -= lost;
+            casm_debug (NULL, s_fields (self, NULL),
+                        "%zu replies not delivered: %s", lost,
+                        zmq_strerror (errno));
+            zmsg_t *msg;
+            while ((msg = casm_bundle_pop (self->replies)))
+                zmsg_destroy (&msg);
+        }
+        self->stats.replies += count;
+    }
+    zframe_destroy (&self->reply_to);
+}
+
+//  Passes everything after the command to the frontend, which routes it
+//  by its first frame, the upstream identity. Replies for the same peer
+//  wait to leave together (s_replies_flush, at the end of the call).
+static void
+s_reply (casm_queue_t *self, zmsg_t **msg_p)
+{
+    if (zmsg_size (*msg_p) < 2) {
         self->stats.malformed++;
         casm_warn (NULL, s_fields (self, NULL), "dropped an empty reply");
+        zmsg_destroy (msg_p);
         return;
     }
-    if (s_send (self->frontend, NULL, msg) == 0) {
-        self->stats.replies++;
-        return;
-    }
-    self->stats.undeliverable++;
-    casm_debug (NULL, s_fields (self, NULL), "reply not delivered: %s",
-                zmq_strerror (errno));
+    zframe_t *peer = zmsg_pop (*msg_p);
+    if (self->reply_to && !zframe_eq (peer, self->reply_to))
+        s_replies_flush (self);
+    if (!self->reply_to)
+        self->reply_to = peer;
+    else
+        zframe_destroy (&peer);
+    if (casm_bundle_append (self->replies, msg_p) != 0)
+        self->stats.undeliverable++;
 }
 
 static void
-s_backend_message (casm_queue_t *self, zmsg_t *msg)
+s_backend_message (casm_queue_t *self, zmsg_t **msg_p)
 {
+    zmsg_t *msg = *msg_p;
     zframe_t *identity = zmsg_pop (msg);
     zframe_t *command = zmsg_pop (msg);
     if (!identity) {
         zframe_destroy (&command);
+        zmsg_destroy (msg_p);
         return;
     }
     char key [KEY_SIZE];
@@ -611,7 +772,7 @@ s_backend_message (casm_queue_t *self, zmsg_t *msg)
 
     int64_t count = 0;
     if (command && zframe_streq (command, CASM_CMD_REPLY))
-        s_reply (self, msg);
+        s_reply (self, msg_p);
     else
     if (command && (zframe_streq (command, CASM_CMD_CREDIT)
                     || zframe_streq (command, CASM_CMD_HEARTBEAT))) {
@@ -660,7 +821,7 @@ s_backend_message (casm_queue_t *self, zmsg_t *msg)
     }
     zframe_destroy (&identity);
     zframe_destroy (&command);
-    s_dispatch (self);
+    zmsg_destroy (msg_p);
 }
 
 int
@@ -670,10 +831,20 @@ casm_queue_backend (casm_queue_t *self)
     zmsg_t *msg;
     while (count < BATCH
            && (msg = zmsg_recv_nowait (zsock_resolve (self->backend)))) {
-        s_backend_message (self, msg);
-        zmsg_destroy (&msg);
+        if (s_bundled (msg)) {
+            zframe_t *peer = zmsg_pop (msg);
+            s_unbundle (self, &msg, peer);
+            zframe_destroy (&peer);
+            zmsg_t *unit;
+            while ((unit = casm_bundle_pop (self->units)))
+                s_backend_message (self, &unit);
+        }
+        else
+            s_backend_message (self, &msg);
         count++;
     }
+    s_replies_flush (self);
+    s_dispatch (self);
     return count;
 }
 

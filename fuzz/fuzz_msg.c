@@ -4,13 +4,16 @@
     casm_header_decode; it is also cut into frames (each a length byte then
     that many bytes, the last one cut short where the input ends) to make a
     whole message for casm_work_take, as a stage would receive it from the
-    broker.
+    broker, and for casm_bundle_unpack, as any receiver would.
 
     Properties: a header that decodes encodes back to one that decodes to
     the same fields; a message that is taken apart can be answered, and
-    the answer's envelope is the one received.                             */
+    the answer's envelope is the one received; a bundle is refused whole
+    or unpacked into units that hold its frames, in order, and nothing
+    else; a message that is not a bundle is one unit, itself.              */
 
 #include "fuzz.h"
+#include "casm_bundle.h"
 #include "casm_log.h"
 #include "casm_msg.h"
 
@@ -57,18 +60,65 @@ s_header (const uint8_t *data, size_t size)
     zframe_destroy (&frame);
 }
 
-static void
-s_message (const uint8_t *data, size_t size)
+//  The input cut into at most limit frames.
+static zmsg_t *
+s_frames (const uint8_t *data, size_t size, size_t limit)
 {
     zmsg_t *msg = zmsg_new ();
     size_t at = 0;
-    while (at < size && zmsg_size (msg) < 16) {
+    while (at < size && zmsg_size (msg) < limit) {
         size_t length = data [at++];
         if (length > size - at)
             length = size - at;
         zmsg_addmem (msg, data + at, length);
         at += length;
     }
+    return msg;
+}
+
+static void
+s_bundle (const uint8_t *data, size_t size)
+{
+    zmsg_t *msg = s_frames (data, size, 64);
+    zmsg_t *copy = zmsg_dup (msg);
+    bool bundle = casm_bundle_is (msg);
+    casm_bundle_t *units = casm_bundle_new ();
+    int count = casm_bundle_unpack (units, &msg, NULL);
+    FUZZ_CHECK (!msg);
+    FUZZ_CHECK (count == -1 || (size_t) count == casm_bundle_size (units));
+    if (count < 0)
+        FUZZ_CHECK ((bundle || zmsg_size (copy) == 0)
+                    && casm_bundle_size (units) == 0);
+    if (count > 0 && !bundle)
+        FUZZ_CHECK (count == 1);
+
+    //  The units' frames, one after another, are the input's frames after
+    //  the bundle's first two.
+    zframe_t *expected = zmsg_first (copy);
+    if (count > 0 && bundle) {
+        zmsg_next (copy);
+        expected = zmsg_next (copy);
+    }
+    zmsg_t *unit;
+    while ((unit = casm_bundle_pop (units))) {
+        FUZZ_CHECK (zmsg_size (unit) >= 1);
+        for (zframe_t *frame = zmsg_first (unit); frame;
+             frame = zmsg_next (unit)) {
+            FUZZ_CHECK (expected && zframe_eq (frame, expected));
+            expected = zmsg_next (copy);
+        }
+        zmsg_destroy (&unit);
+    }
+    if (count >= 0)
+        FUZZ_CHECK (!expected);
+    casm_bundle_destroy (&units);
+    zmsg_destroy (&copy);
+}
+
+static void
+s_message (const uint8_t *data, size_t size)
+{
+    zmsg_t *msg = s_frames (data, size, 16);
 
     zmsg_t *copy = zmsg_dup (msg);
     casm_work_t *work = casm_work_take (&msg);
@@ -105,5 +155,6 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
     s_header (data, size);
     s_message (data, size);
+    s_bundle (data, size);
     return 0;
 }

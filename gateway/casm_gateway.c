@@ -598,39 +598,91 @@ s_pipeline_reply (casm_gateway_t *self, zmq_msg_t *frames, int count)
     s_request_resume (self, request);
 }
 
-//  Reads the replies that have arrived, a batch at a time.
+//  Reads the next frame of a message into frame, or closes it and returns
+//  -1 when the message has no more.
+static int
+s_frame_next (casm_gateway_t *self, zmq_msg_t *frame, int *more)
+{
+    zmq_msg_init (frame);
+    if (!*more || zmq_msg_recv (frame, self->pipeline, 0) == -1) {
+        zmq_msg_close (frame);
+        *more = 0;
+        return -1;
+    }
+    *more = zmq_msg_more (frame);
+    return 0;
+}
+
+//  Reads a unit of count frames (the whole rest of the message when count
+//  is 0) and hands it to s_pipeline_reply; frames past the fourth are
+//  dropped. first, when not NULL, is its first frame, already read.
+static void
+s_unit_read (casm_gateway_t *self, zmq_msg_t *first, size_t count,
+             int *more)
+{
+    zmq_msg_t frames [4];
+    size_t kept = 0;
+    size_t read = 0;
+    if (first) {
+        zmq_msg_init (&frames [0]);
+        zmq_msg_move (&frames [0], first);
+        kept = read = 1;
+    }
+    while (*more && (count == 0 || read < count)) {
+        zmq_msg_t extra;
+        zmq_msg_t *frame = kept < 4 ? &frames [kept] : &extra;
+        if (s_frame_next (self, frame, more) != 0)
+            break;
+        read++;
+        if (kept < 4)
+            kept++;
+        else
+            zmq_msg_close (frame);
+    }
+    if (kept > 0 && (count == 0 || read == count))
+        s_pipeline_reply (self, frames, (int) kept);
+    else
+        s_warn (self, WARN_REPLY, NULL, "malformed bundle from the pipeline");
+    for (size_t i = 0; i < kept; i++)
+        zmq_msg_close (&frames [i]);
+}
+
+//  Reads the replies that have arrived, a batch of messages at a time. A
+//  message is one reply, or a bundle of them (casm_bundle.h): an empty
+//  frame, an index of frame counts, then the replies' frames.
 static void
 s_pipeline_recv (casm_gateway_t *self)
 {
     for (int received = 0; received < RECV_BATCH; received++) {
-        zmq_msg_t frames [4];
-        zmq_msg_init (&frames [0]);
-        if (zmq_msg_recv (&frames [0], self->pipeline, ZMQ_DONTWAIT) == -1) {
-            zmq_msg_close (&frames [0]);
+        zmq_msg_t first;
+        zmq_msg_init (&first);
+        if (zmq_msg_recv (&first, self->pipeline, ZMQ_DONTWAIT) == -1) {
+            zmq_msg_close (&first);
             return;
         }
-
-        //  Read the whole message; frames past the fourth are dropped.
-        int count = 1;
-        int more = zmq_msg_more (&frames [0]);
-        while (more) {
-            zmq_msg_t extra;
-            zmq_msg_t *frame = count < 4 ? &frames [count] : &extra;
-            zmq_msg_init (frame);
-            if (zmq_msg_recv (frame, self->pipeline, 0) == -1) {
-                zmq_msg_close (frame);
-                break;
-            }
-            more = zmq_msg_more (frame);
-            if (count < 4)
-                count++;
-            else
-                zmq_msg_close (frame);
+        int more = zmq_msg_more (&first);
+        if (zmq_msg_size (&first) > 0 || !more) {
+            s_unit_read (self, &first, 0, &more);
+            continue;
         }
+        zmq_msg_close (&first);
 
-        s_pipeline_reply (self, frames, count);
-        for (int i = 0; i < count; i++)
-            zmq_msg_close (&frames [i]);
+        zmq_msg_t index;
+        if (s_frame_next (self, &index, &more) != 0)
+            continue;
+        const uint8_t *counts = zmq_msg_data (&index);
+        size_t units = zmq_msg_size (&index);
+        for (size_t i = 0; i < units && more && counts [i] > 0; i++)
+            s_unit_read (self, NULL, counts [i], &more);
+        zmq_msg_close (&index);
+
+        //  What the index did not account for is dropped.
+        zmq_msg_t rest;
+        if (more)
+            s_warn (self, WARN_REPLY, NULL,
+                    "malformed bundle from the pipeline");
+        while (s_frame_next (self, &rest, &more) == 0)
+            zmq_msg_close (&rest);
     }
 }
 

@@ -506,7 +506,12 @@ casm_publisher_run (casm_publisher_t *self, volatile sig_atomic_t *signals)
             items [count++] = (zmq_pollitem_t) {
                 NULL, casm_metrics_http_fd (metrics), ZMQ_POLLIN, 0 };
 
-        if (zmq_poll (items, count, s_wait_ms (self)) < 0) {
+        //  The answers of the last turn leave together. Units of a bundle
+        //  already here do not make the socket readable: then the poll
+        //  does not wait.
+        casm_stage_flush (self->stage);
+        int wait = casm_stage_waiting (self->stage) ? 0 : s_wait_ms (self);
+        if (zmq_poll (items, count, wait) < 0) {
             if (errno == EINTR)
                 continue;
             casm_error (NULL, NULL, "poll failed: %s", zmq_strerror (errno));
@@ -522,8 +527,7 @@ casm_publisher_run (casm_publisher_t *self, volatile sig_atomic_t *signals)
         casm_metrics_http_serve (metrics);
 
         for (int taken = 0; taken < RECV_BURST
-             && (zsock_events (casm_stage_socket (self->stage))
-                 & ZMQ_POLLIN); taken++) {
+             && casm_stage_readable (self->stage); taken++) {
             casm_work_t *work = casm_stage_recv (self->stage);
             if (work)
                 s_handle (self, &work);
@@ -541,6 +545,7 @@ casm_publisher_run (casm_publisher_t *self, volatile sig_atomic_t *signals)
         s_waiting_remove (self, delivery);
         s_answer (self, &delivery->work);
     }
+    casm_stage_flush (self->stage);
     casm_info (NULL, json_pack ("{s:i,s:i}",
                                 "undelivered",
                                 casm_producer_in_flight (self->producer),

@@ -29,7 +29,11 @@
     frame, the event, carries the outbox row to publish (casm_event JSON).
 
     A receiver that finds a version it does not know answers with an error
-    reply and never guesses.                                                 */
+    reply and never guesses.
+
+    Several messages for the same peer may travel as one ZeroMQ message, a
+    bundle (casm_bundle.h), whose first frame is empty: no message above
+    starts with an empty frame.                                              */
 
 #ifndef CASM_MSG_H
 #define CASM_MSG_H

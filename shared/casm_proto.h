@@ -22,7 +22,10 @@
 
     Messages from the broker to an instance are work: the envelope, header
     and body of casm_msg.h, with no command frame. The broker sends an
-    instance at most as many as it has credit for.                         */
+    instance at most as many as it has credit for.
+
+    Either side may send several of these messages as one bundle
+    (casm_bundle.h); each unit of it counts as the message it holds.       */
 
 #ifndef CASM_PROTO_H
 #define CASM_PROTO_H

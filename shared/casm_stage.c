@@ -1,6 +1,7 @@
 /*  casm_stage: credit and heartbeats for a stage instance.               */
 
 #include "casm_stage.h"
+#include "casm_bundle.h"
 #include "casm_config.h"
 #include "casm_curve.h"
 #include "casm_log.h"
@@ -15,6 +16,10 @@ struct casm_stage_t {
     int64_t received;           // units received, modulo CASM_COUNT_MOD
     int draining;
     int64_t next_heartbeat;
+    casm_bundle_t *inbox;       // units received, not taken yet
+    casm_bundle_t *outbox;      // messages for the broker this turn
+    int credit_due;             // slots given back, not announced yet
+    int64_t next_warning;       // a failed flush is logged this often
 };
 
 void
@@ -32,14 +37,14 @@ casm_socket_tune (zsock_t *socket)
 }
 
 static void
-s_send_count (casm_stage_t *self, const char *command, int count)
+s_queue_count (casm_stage_t *self, const char *command, int count)
 {
     zmsg_t *msg = zmsg_new ();
     zmsg_addstr (msg, command);
     zmsg_addstrf (msg, "%d", count);
     if (streq (command, CASM_CMD_HEARTBEAT))
         zmsg_addstrf (msg, "%lld", (long long) self->received);
-    casm_msg_send (&msg, zsock_resolve (self->socket));
+    casm_bundle_append (self->outbox, &msg);
 }
 
 casm_stage_t *
@@ -52,7 +57,12 @@ casm_stage_new (int queue, int capacity)
     char endpoint [256];
     casm_config_endpoint (endpoint, sizeof endpoint, queue, 1, 0);
     self->socket = zsock_new (ZMQ_DEALER);
-    if (!self->socket) {
+    self->inbox = casm_bundle_new ();
+    self->outbox = casm_bundle_new ();
+    if (!self->socket || !self->inbox || !self->outbox) {
+        zsock_destroy (&self->socket);
+        casm_bundle_destroy (&self->inbox);
+        casm_bundle_destroy (&self->outbox);
         free (self);
         return NULL;
     }
@@ -61,6 +71,8 @@ casm_stage_new (int queue, int capacity)
     ||  zsock_connect (self->socket, "%s", endpoint) != 0) {
         casm_error (NULL, NULL, "cannot connect to %s", endpoint);
         zsock_destroy (&self->socket);
+        casm_bundle_destroy (&self->inbox);
+        casm_bundle_destroy (&self->outbox);
         free (self);
         return NULL;
     }
@@ -68,7 +80,8 @@ casm_stage_new (int queue, int capacity)
                : queue == CASM_QUEUE_WORKER ? "worker" : "publisher";
     self->capacity = capacity;
     self->free = capacity;
-    s_send_count (self, CASM_CMD_HEARTBEAT, self->free);
+    s_queue_count (self, CASM_CMD_HEARTBEAT, self->free);
+    casm_stage_flush (self);
     self->next_heartbeat = casm_now_ms () + CASM_HEARTBEAT_MS;
     return self;
 }
@@ -81,7 +94,10 @@ casm_stage_destroy (casm_stage_t **self_p)
         return;
     if (!self->draining)
         casm_stage_drain (self);
+    casm_stage_flush (self);
     zsock_destroy (&self->socket);
+    casm_bundle_destroy (&self->inbox);
+    casm_bundle_destroy (&self->outbox);
     free (self);
     *self_p = NULL;
 }
@@ -92,10 +108,29 @@ casm_stage_socket (casm_stage_t *self)
     return self->socket;
 }
 
+int
+casm_stage_readable (casm_stage_t *self)
+{
+    return casm_bundle_size (self->inbox) > 0
+        || (zsock_events (self->socket) & ZMQ_POLLIN);
+}
+
+int
+casm_stage_waiting (casm_stage_t *self)
+{
+    return casm_bundle_size (self->inbox) > 0;
+}
+
 casm_work_t *
 casm_stage_recv (casm_stage_t *self)
 {
-    zmsg_t *msg = zmsg_recv (self->socket);
+    if (casm_bundle_size (self->inbox) == 0) {
+        zmsg_t *msg = zmsg_recv_nowait (zsock_resolve (self->socket));
+        if (msg && casm_bundle_unpack (self->inbox, &msg, NULL) < 0)
+            casm_error (NULL, json_pack ("{s:s}", "stage", self->name),
+                        "dropped a malformed bundle from the broker");
+    }
+    zmsg_t *msg = casm_bundle_pop (self->inbox);
     if (!msg)
         return NULL;
 
@@ -119,25 +154,66 @@ casm_stage_release (casm_stage_t *self, int n)
     if (self->free > self->capacity)
         self->free = self->capacity;
     if (!self->draining)
-        s_send_count (self, CASM_CMD_CREDIT, n);
+        self->credit_due += n;
+}
+
+int
+casm_stage_send (casm_stage_t *self, zmsg_t **msg_p)
+{
+    return casm_bundle_append (self->outbox, msg_p);
 }
 
 int
 casm_stage_reply (casm_stage_t *self, casm_work_t **work_p, uint16_t status,
                   uint8_t flags, const char *body, size_t body_size)
 {
-    int rc = casm_work_reply (work_p, zsock_resolve (self->socket),
-                              CASM_CMD_REPLY, status, flags, body,
-                              body_size);
+    casm_work_t *work = *work_p;
+    casm_header_t header = work->header;
+    header.version = CASM_MSG_VERSION;
+    header.kind = CASM_KIND_REPLY;
+    header.status = status;
+    header.flags = flags;
+    zmsg_t *msg = casm_work_message (work, CASM_CMD_REPLY, &header, body,
+                                     body_size, NULL, 0);
+    casm_work_destroy (work_p);
     casm_stage_release (self, 1);
-    return rc;
+    return casm_stage_send (self, &msg);
 }
 
 int
 casm_stage_relay (casm_stage_t *self, zmsg_t **msg_p)
 {
     zmsg_pushstr (*msg_p, CASM_CMD_REPLY);
-    return casm_msg_send (msg_p, zsock_resolve (self->socket));
+    return casm_stage_send (self, msg_p);
+}
+
+int
+casm_stage_flush (casm_stage_t *self)
+{
+    if (self->credit_due > 0 && !self->draining) {
+        s_queue_count (self, CASM_CMD_CREDIT, self->credit_due);
+        self->credit_due = 0;
+    }
+    if (casm_bundle_size (self->outbox) == 0)
+        return 0;
+    if (casm_bundle_send (self->outbox, zsock_resolve (self->socket), NULL)
+        == 0)
+        return 0;
+
+    //  No broker to take them: the replies are lost (their requests time
+    //  out at the gateway), and the next heartbeat repairs the credit.
+    size_t lost = casm_bundle_size (self->outbox);
+    int64_t now = casm_now_ms ();
+    if (now >= self->next_warning) {
+        casm_warn (NULL, json_pack ("{s:s,s:i}", "stage", self->name,
+                                    "messages", (int) lost),
+                   "the broker took nothing: %s", zmq_strerror (errno));
+        self->next_warning = now + CASM_HEARTBEAT_MS;
+    }
+    zmsg_t *msg;
+    while ((msg = casm_bundle_pop (self->outbox)))
+        zmsg_destroy (&msg);
+    return -1;
 }
 
 void
@@ -146,17 +222,24 @@ casm_stage_tick (casm_stage_t *self)
     int64_t now = casm_now_ms ();
     if (now < self->next_heartbeat || self->draining)
         return;
-    s_send_count (self, CASM_CMD_HEARTBEAT, self->free);
+
+    //  Slots given back this turn are announced before the heartbeat
+    //  that counts them free.
+    casm_stage_flush (self);
+    s_queue_count (self, CASM_CMD_HEARTBEAT, self->free);
+    casm_stage_flush (self);
     self->next_heartbeat = now + CASM_HEARTBEAT_MS;
 }
 
 void
 casm_stage_drain (casm_stage_t *self)
 {
+    casm_stage_flush (self);
     self->draining = 1;
     zmsg_t *msg = zmsg_new ();
     zmsg_addstr (msg, CASM_CMD_DRAIN);
-    casm_msg_send (&msg, zsock_resolve (self->socket));
+    casm_bundle_append (self->outbox, &msg);
+    casm_stage_flush (self);
 }
 
 int

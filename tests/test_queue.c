@@ -4,9 +4,11 @@
     5600 up), connects fake upstream DEALERs to the frontend and fake stage
     instances to the backend, and drives the queue from the test's own
     thread: pump the queue's sockets for a moment, then look at what each
-    fake peer received. The queue's clock is the real one plus a skew the
+    fake peer received, unit by unit (several units for one peer come as a
+    bundle, casm_bundle.h, which s_recv takes apart). The queue's clock is the real one plus a skew the
     test can advance, so expiry and deadlines need no long sleeps.        */
 
+#include "casm_bundle.h"
 #include "casm_msg.h"
 #include "casm_proto.h"
 #include "casm_queue.h"
@@ -53,6 +55,36 @@ s_peer (int slot, int side)
     ck_assert_int_eq (zsock_connect (peer, "tcp://127.0.0.1:%d",
                                      PORT_BASE + 2 * slot + side), 0);
     return peer;
+}
+
+//  The units each fake peer has received and not yet looked at.
+#define PEERS_MAX 16
+static struct {
+    zsock_t *socket;
+    casm_bundle_t *units;
+} s_inboxes [PEERS_MAX];
+
+//  The next unit a fake peer received, taken from a bundle when one came;
+//  NULL when nothing came within the receive timeout.
+static zmsg_t *
+s_recv (zsock_t *socket)
+{
+    size_t i = 0;
+    while (i < PEERS_MAX && s_inboxes [i].socket
+           && s_inboxes [i].socket != socket)
+        i++;
+    ck_assert_uint_lt (i, PEERS_MAX);
+    if (!s_inboxes [i].socket) {
+        s_inboxes [i].socket = socket;
+        s_inboxes [i].units = casm_bundle_new ();
+    }
+    casm_bundle_t *units = s_inboxes [i].units;
+    if (casm_bundle_size (units) == 0) {
+        zmsg_t *msg = zmsg_recv (socket);
+        if (msg)
+            ck_assert_int_gt (casm_bundle_unpack (units, &msg, NULL), 0);
+    }
+    return casm_bundle_pop (units);
 }
 
 //  Lets the queue handle what arrives for ms milliseconds.
@@ -128,7 +160,7 @@ s_later (int ms)
 static zmsg_t *
 s_work (zsock_t *instance)
 {
-    zmsg_t *msg = zmsg_recv (instance);
+    zmsg_t *msg = s_recv (instance);
     if (msg)
         ck_assert_int_ge (zmsg_size (msg), 5);
     return msg;
@@ -181,7 +213,7 @@ static size_t
 s_expect_reply (zsock_t *upstream, const char *correlation, int status,
                 int flags, const char *body)
 {
-    zmsg_t *msg = zmsg_recv (upstream);
+    zmsg_t *msg = s_recv (upstream);
     ck_assert_msg (msg != NULL, "no reply for %s", correlation);
     size_t size = zmsg_size (msg);
     ck_assert_int_ge (size, 4);
@@ -213,7 +245,7 @@ s_expect_reply (zsock_t *upstream, const char *correlation, int status,
 static void
 s_expect_nothing (zsock_t *socket)
 {
-    zmsg_t *msg = zmsg_recv (socket);
+    zmsg_t *msg = s_recv (socket);
     ck_assert_msg (msg == NULL, "unexpected message");
 }
 
@@ -342,7 +374,7 @@ START_TEST (test_no_instance_rejects)
     s_request (upstream, "lonely", "{\"body\":true}", "the event",
                s_later (10000));
     s_pump (queue, SETTLE_MS);
-    zmsg_t *msg = zmsg_recv (upstream);
+    zmsg_t *msg = s_recv (upstream);
     ck_assert_ptr_nonnull (msg);
     ck_assert_int_eq (zmsg_size (msg), 5);
     ck_assert (zframe_streq (zmsg_last (msg), "the event"));
@@ -727,8 +759,165 @@ START_TEST (test_destroy_rejects_waiting)
     ck_assert_ptr_null (queue);
     s_expect_reply (upstream, "bye", 503, CASM_FLAG_REJECTED, "{}");
 
+
     zsock_destroy (&instance);
     zsock_destroy (&upstream);
+}
+END_TEST
+
+//  The units one dispatch gives an instance leave as one message, in
+//  FIFO order; the instance's credit still bounds them.
+START_TEST (test_dispatch_bundles_units)
+{
+    casm_queue_t *queue = s_queue (1, 20, 100);
+    zsock_t *upstream = s_peer (20, 0);
+    zsock_t *instance = s_peer (20, 1);
+    s_command (instance, CASM_CMD_HEARTBEAT, 0);
+    s_pump (queue, SETTLE_MS);
+
+    const char *names [] = { "b-1", "b-2", "b-3", "b-4" };
+    for (int i = 0; i < 4; i++)
+        s_request (upstream, names [i], "{}", NULL, s_later (10000));
+    s_pump (queue, SETTLE_MS);
+    s_command (instance, CASM_CMD_CREDIT, 3);
+    s_pump (queue, SETTLE_MS);
+
+    zmsg_t *msg = zmsg_recv (instance);
+    ck_assert_ptr_nonnull (msg);
+    ck_assert (casm_bundle_is (msg));
+    casm_bundle_t *units = casm_bundle_new ();
+    ck_assert_int_eq (casm_bundle_unpack (units, &msg, NULL), 3);
+    ck_assert_ptr_null (zmsg_recv (instance));
+    for (int i = 0; i < 3; i++) {
+        zmsg_t *unit = casm_bundle_pop (units);
+        zmsg_first (unit);
+        ck_assert (zframe_streq (zmsg_next (unit), names [i]));
+        zmsg_destroy (&unit);
+    }
+    ck_assert_int_eq (s_stats (queue).waiting, 1);
+    ck_assert_int_eq (s_stats (queue).dispatched, 3);
+    casm_bundle_destroy (&units);
+
+    zsock_destroy (&instance);
+    zsock_destroy (&upstream);
+    casm_queue_destroy (&queue);
+}
+END_TEST
+
+//  Bundles coming in are taken apart: each request keeps its sender's
+//  identity (so its reply finds the way back), each command in an
+//  instance's bundle counts, and the replies for one upstream peer go
+//  back together.
+START_TEST (test_bundles_taken_apart)
+{
+    casm_queue_t *queue = s_queue (2, 21, 100);
+    zsock_t *upstream = s_peer (21, 0);
+    zsock_t *instance = s_peer (21, 1);
+    s_command (instance, CASM_CMD_CREDIT, 2);
+    s_pump (queue, SETTLE_MS);
+
+    //  Two requests in one bundle.
+    casm_bundle_t *out = casm_bundle_new ();
+    const char *names [] = { "one", "two" };
+    for (int i = 0; i < 2; i++) {
+        casm_header_t header = s_header (names [i], s_later (10000));
+        zmsg_t *msg = zmsg_new ();
+        zmsg_addstr (msg, names [i]);
+        zmsg_addmem (msg, NULL, 0);
+        zframe_t *frame = casm_header_encode (&header);
+        zmsg_append (msg, &frame);
+        zmsg_addstr (msg, "{}");
+        casm_bundle_append (out, &msg);
+    }
+    ck_assert_int_eq (casm_bundle_send (out, zsock_resolve (upstream), NULL),
+                      0);
+    s_pump (queue, SETTLE_MS);
+    ck_assert_int_eq (s_stats (queue).dispatched, 2);
+    ck_assert_int_eq (s_stats (queue).credit, 0);
+
+    //  Both answers and the slots back, in one bundle.
+    for (int i = 0; i < 2; i++) {
+        zmsg_t *work = s_work (instance);
+        ck_assert_ptr_nonnull (work);
+        zmsg_t *reply = zmsg_new ();
+        zmsg_addstr (reply, CASM_CMD_REPLY);
+        zframe_t *frame;
+        while ((frame = zmsg_pop (work))) {
+            bool delimiter = zframe_size (frame) == 0;
+            zmsg_append (reply, &frame);
+            if (delimiter)
+                break;
+        }
+        casm_header_t header;
+        frame = zmsg_pop (work);
+        ck_assert_int_eq (casm_header_decode (frame, &header), 0);
+        zframe_destroy (&frame);
+        header.kind = CASM_KIND_REPLY;
+        header.status = 200;
+        frame = casm_header_encode (&header);
+        zmsg_append (reply, &frame);
+        zmsg_addstr (reply, names [i]);
+        casm_bundle_append (out, &reply);
+        zmsg_destroy (&work);
+    }
+    zmsg_t *credit = zmsg_new ();
+    zmsg_addstr (credit, CASM_CMD_CREDIT);
+    zmsg_addstr (credit, "2");
+    casm_bundle_append (out, &credit);
+    ck_assert_int_eq (casm_bundle_send (out, zsock_resolve (instance), NULL),
+                      0);
+    s_pump (queue, SETTLE_MS);
+
+    ck_assert_int_eq (s_stats (queue).replies, 2);
+    ck_assert_int_eq (s_stats (queue).credit, 2);
+    zmsg_t *raw = zmsg_recv (upstream);
+    ck_assert_ptr_nonnull (raw);
+    ck_assert (casm_bundle_is (raw));
+    casm_bundle_t *in = casm_bundle_new ();
+    ck_assert_int_eq (casm_bundle_unpack (in, &raw, NULL), 2);
+    for (int i = 0; i < 2; i++) {
+        zmsg_t *reply = casm_bundle_pop (in);
+        ck_assert (zframe_streq (zmsg_first (reply), names [i]));
+        ck_assert (zframe_streq (zmsg_last (reply), names [i]));
+        zmsg_destroy (&reply);
+    }
+    casm_bundle_destroy (&in);
+    casm_bundle_destroy (&out);
+
+    zsock_destroy (&instance);
+    zsock_destroy (&upstream);
+    casm_queue_destroy (&queue);
+}
+END_TEST
+
+//  A bundle whose index does not match its frames is dropped whole and
+//  counted, on either side.
+START_TEST (test_malformed_bundle_dropped)
+{
+    casm_queue_t *queue = s_queue (1, 22, 100);
+    zsock_t *upstream = s_peer (22, 0);
+    zsock_t *instance = s_peer (22, 1);
+    s_command (instance, CASM_CMD_CREDIT, 5);
+    s_pump (queue, SETTLE_MS);
+
+    byte index [] = { 4, 4 };
+    for (int side = 0; side < 2; side++) {
+        zmsg_t *msg = zmsg_new ();
+        zmsg_addmem (msg, NULL, 0);
+        zmsg_addmem (msg, index, sizeof index);
+        zmsg_addstr (msg, "C");
+        zmsg_addstr (msg, "3");
+        ck_assert_int_eq (zmsg_send (&msg, side ? instance : upstream), 0);
+    }
+    s_pump (queue, SETTLE_MS);
+    ck_assert_int_eq (s_stats (queue).malformed, 2);
+    ck_assert_int_eq (s_stats (queue).waiting, 0);
+    ck_assert_int_eq (s_stats (queue).credit, 5);
+    s_expect_nothing (instance);
+
+    zsock_destroy (&instance);
+    zsock_destroy (&upstream);
+    casm_queue_destroy (&queue);
 }
 END_TEST
 
@@ -754,6 +943,9 @@ s_suite (void)
     tcase_add_test (tc, test_vanished_instance);
     tcase_add_test (tc, test_bad_input_dropped);
     tcase_add_test (tc, test_destroy_rejects_waiting);
+    tcase_add_test (tc, test_dispatch_bundles_units);
+    tcase_add_test (tc, test_bundles_taken_apart);
+    tcase_add_test (tc, test_malformed_bundle_dropped);
     suite_add_tcase (suite, tc);
     return suite;
 }

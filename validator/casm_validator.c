@@ -7,7 +7,9 @@
     validator, the more units share one. Each wait is bounded by
     casm_lookup's timeouts, so a synchronous loop keeps the code plain.
     Throughput also comes from running more instances, which the broker's
-    credit spreads the work over.
+    credit spreads the work over. What a batch sends on (commands to Q2,
+    answers and slots to Q1) leaves in one message per socket, a bundle
+    (casm_bundle.h), and replies from Q2 go back to Q1 the same way.
 
     The idempotency look-up comes before the business checks: a replay
     returns the recorded answer even when the customer has changed since
@@ -15,6 +17,7 @@
     the worker checks again inside its transaction.                         */
 
 #include "casm_validator.h"
+#include "casm_bundle.h"
 #include "casm_validate.h"
 #include "casm_lookup.h"
 #include "casm_config.h"
@@ -37,6 +40,8 @@ struct casm_validator_t {
     zsock_t *commands;              // Q2 frontend: commands out, replies in
     zpoller_t *poller;
     casm_lookup_t *lookup;
+    casm_bundle_t *outgoing;        // commands of this batch, not sent yet
+    casm_bundle_t *incoming;        // replies from Q2 taken apart
     int64_t grace_ms;
     uint64_t forwarded;             // units sent to Q2
     uint64_t relayed;               // replies from Q2 passed to Q1
@@ -70,8 +75,9 @@ s_reply (casm_validator_t *self, casm_work_t **work_p, int status,
                    "could not send a reply to Q1");
 }
 
-//  Sends the work on to Q2 with this body and gives its slot back. When
-//  Q2 takes nothing (its pipe is full), answers 503 instead.
+//  Queues the work for Q2 with this body and gives its slot back; the
+//  batch's commands leave together (s_forward_flush). When Q2 takes
+//  nothing (its pipe is full), answers 503 instead.
 static void
 s_forward (casm_validator_t *self, casm_work_t **work_p, const char *body,
            size_t size)
@@ -89,8 +95,10 @@ s_forward (casm_validator_t *self, casm_work_t **work_p, const char *body,
     //  A deadline of 0 means none: wait for that reply the whole grace.
     int64_t deadline = work->header.deadline_ms > 0
                      ? work->header.deadline_ms : INT64_MAX;
-    if (casm_work_forward (work_p, zsock_resolve (self->commands), body,
-                           size, NULL, 0) == 0) {
+    zmsg_t *msg = casm_work_message (work, NULL, &work->header, body, size,
+                                     NULL, 0);
+    casm_work_destroy (work_p);
+    if (casm_bundle_append (self->outgoing, &msg) == 0) {
         self->forwarded++;
         if (deadline > self->last_deadline)
             self->last_deadline = deadline;
@@ -98,6 +106,40 @@ s_forward (casm_validator_t *self, casm_work_t **work_p, const char *body,
     else
         casm_warn (id, NULL, "could not send a command to Q2");
     casm_stage_release (self->stage, 1);
+}
+
+//  Sends the batch's commands to Q2. Those it refuses (no broker, or its
+//  pipe full) are answered 503: nothing was done for them.
+static void
+s_forward_flush (casm_validator_t *self)
+{
+    if (casm_bundle_send (self->outgoing, zsock_resolve (self->commands),
+                          NULL) == 0)
+        return;
+    zmsg_t *msg;
+    while ((msg = casm_bundle_pop (self->outgoing))) {
+        self->forwarded--;
+        casm_work_t *work = casm_work_take (&msg);
+        if (!work)
+            continue;
+        casm_warn (work->header.request_id, NULL,
+                   "could not send a command to Q2; answering 503");
+        //  Its slot went back when it was queued; the answer takes none.
+        char id [CASM_REQUEST_ID_MAX + 1];
+        snprintf (id, sizeof id, "%s", work->header.request_id);
+        size_t size = 0;
+        char *body = casm_error_body (503, CASM_ERR_UNAVAILABLE, NULL, NULL,
+                                      id, NULL, &size);
+        casm_header_t header = work->header;
+        header.kind = CASM_KIND_REPLY;
+        header.status = 503;
+        header.flags = 0;
+        zmsg_t *reply = casm_work_message (work, CASM_CMD_REPLY, &header,
+                                           body ? body : "", size, NULL, 0);
+        casm_work_destroy (&work);
+        casm_stage_send (self->stage, &reply);
+        free (body);
+    }
 }
 
 static void
@@ -296,8 +338,7 @@ s_batch (casm_validator_t *self)
     casm_lookup_key_t keys [BATCH_MAX];
     size_t count = 0;
     size_t key_count = 0;
-    zsock_t *socket = casm_stage_socket (self->stage);
-    while (count < BATCH_MAX && (zsock_events (socket) & ZMQ_POLLIN)) {
+    while (count < BATCH_MAX && casm_stage_readable (self->stage)) {
         casm_work_t *work = casm_stage_recv (self->stage);
         casm_validate_t *check = work ? s_check (self, work) : NULL;
         if (!check)
@@ -316,18 +357,26 @@ s_batch (casm_validator_t *self)
     for (size_t i = 0; i < count; i++)
         s_handle (self, works [i], checks [i]);
     casm_lookup_forget (self->lookup);
+    s_forward_flush (self);
 }
 
-//  A reply from Q2 goes back to Q1 as it is, frames moved, not copied.
+//  Replies from Q2 go back to Q1 as they are, frames moved, not copied:
+//  those waiting now, a bounded number at a time.
 static void
 s_relay (casm_validator_t *self)
 {
-    zmsg_t *msg = zmsg_recv (self->commands);
-    if (!msg)
-        return;
-    self->relayed++;
-    if (casm_stage_relay (self->stage, &msg) != 0)
-        casm_warn (NULL, NULL, "could not relay a reply to Q1");
+    for (int taken = 0; taken < BATCH_MAX; taken++) {
+        zmsg_t *msg = zmsg_recv_nowait (zsock_resolve (self->commands));
+        if (!msg)
+            break;
+        if (casm_bundle_unpack (self->incoming, &msg, NULL) < 0)
+            casm_warn (NULL, NULL, "dropped a malformed bundle from Q2");
+        while ((msg = casm_bundle_pop (self->incoming))) {
+            self->relayed++;
+            if (casm_stage_relay (self->stage, &msg) != 0)
+                casm_warn (NULL, NULL, "could not relay a reply to Q1");
+        }
+    }
 }
 
 casm_validator_t *
@@ -341,7 +390,10 @@ casm_validator_new (const char *database_url, int credit, int64_t grace_ms)
     self->lookup = casm_lookup_new (database_url);
     self->stage = casm_stage_new (CASM_QUEUE_VALIDATOR, credit);
     self->commands = zsock_new (ZMQ_DEALER);
-    if (!self->lookup || !self->stage || !self->commands) {
+    self->outgoing = casm_bundle_new ();
+    self->incoming = casm_bundle_new ();
+    if (!self->lookup || !self->stage || !self->commands || !self->outgoing
+    ||  !self->incoming) {
         casm_error (NULL, NULL, "cannot set up the validator");
         casm_validator_destroy (&self);
         return NULL;
@@ -384,6 +436,8 @@ casm_validator_destroy (casm_validator_t **self_p)
     zsock_destroy (&self->commands);
     casm_stage_destroy (&self->stage);
     casm_lookup_destroy (&self->lookup);
+    casm_bundle_destroy (&self->outgoing);
+    casm_bundle_destroy (&self->incoming);
     free (self);
     *self_p = NULL;
 }
@@ -424,20 +478,23 @@ casm_validator_run (casm_validator_t *self, volatile sig_atomic_t *signals)
         int timeout = drain_end ? DRAIN_LINGER_MS / 4 : TICK_MS;
         if (drain_end && drain_end - casm_now_ms () < timeout)
             timeout = (int) (drain_end - casm_now_ms ());
-        if (timeout < 0)
+        if (timeout < 0 || casm_stage_waiting (self->stage))
             timeout = 0;
 
         //  Work that was on its way before the drain is still handled:
-        //  answering it is cheaper than letting it time out.
+        //  answering it is cheaper than letting it time out. Units of a
+        //  bundle already here do not make the socket readable.
+        casm_stage_flush (self->stage);
         void *which = zpoller_wait (self->poller, timeout);
-        if (which == casm_stage_socket (self->stage))
-            s_batch (self);
-        else
         if (which == self->commands)
             s_relay (self);
+        if (which == casm_stage_socket (self->stage)
+        ||  casm_stage_waiting (self->stage))
+            s_batch (self);
         casm_metrics_http_serve (casm_metrics_http_process ());
         casm_stage_tick (self->stage);
     }
+    casm_stage_flush (self->stage);
 
     casm_info (NULL, json_pack ("{s:I, s:I}",
                                 "forwarded", (json_int_t) self->forwarded,

@@ -10,7 +10,8 @@
     forwarded to Q3 with its event, errors are answered on Q2, and the
     batch's slots are given back together, since the rest of the way is
     the publisher's business. Replies from Q3 carry no slot: they are
-    relayed.
+    relayed. The batch's events leave for Q3 in one message, and its
+    answers and slots for Q2 in another (bundles, casm_bundle.h).
 
     The one thing the worker must never do is answer a committed change
     with an error: when Q3 cannot take the event (a full or peerless
@@ -18,6 +19,7 @@
     publisher's sweep sends it later, and the client gets its success.    */
 
 #include "casm_worker.h"
+#include "casm_bundle.h"
 #include "casm_config.h"
 #include "casm_curve.h"
 #include "casm_error.h"
@@ -51,6 +53,8 @@ struct casm_worker_t {
     casm_stage_t *stage;        // NULL until the schema is there
     zsock_t *publishers;        // DEALER to Q3's frontend
     zpoller_t *poller;
+    casm_bundle_t *outgoing;    // events of this batch for Q3, not sent yet
+    casm_bundle_t *incoming;    // replies from Q3 taken apart
     int credit;
     casm_work_t **batch;        // the units being applied, credit of them
     casm_store_unit_t *units;   // and what the store makes of them
@@ -77,6 +81,8 @@ casm_worker_new (void)
     self->grace_ms = casm_config_int ("SHUTDOWN_GRACE_MS", 10000, 0,
                                       3600000);
     self->store = casm_store_new (casm_config_str ("DATABASE_URL", NULL));
+    self->outgoing = casm_bundle_new ();
+    self->incoming = casm_bundle_new ();
 
     char endpoint [256];
     casm_config_endpoint (endpoint, sizeof endpoint, CASM_QUEUE_PUBLISHER, 0,
@@ -97,7 +103,7 @@ casm_worker_new (void)
                      casm_metrics_http_reader (casm_metrics_http_process ()));
 
     if (!self->store || !self->publishers || !self->poller || !self->batch
-    ||  !self->units) {
+    ||  !self->units || !self->outgoing || !self->incoming) {
         casm_worker_destroy (&self);
         return NULL;
     }
@@ -114,6 +120,8 @@ casm_worker_destroy (casm_worker_t **self_p)
     casm_stage_destroy (&self->stage);
     zsock_destroy (&self->publishers);
     casm_store_destroy (&self->store);
+    casm_bundle_destroy (&self->outgoing);
+    casm_bundle_destroy (&self->incoming);
     free (self->batch);
     free (self->units);
     free (self);
@@ -141,15 +149,13 @@ s_answer (casm_worker_t *self, casm_work_t **work_p, uint16_t status,
     zmsg_t *msg = casm_work_message (work, CASM_CMD_REPLY, &header, body,
                                      body_size, NULL, 0);
     casm_work_destroy (work_p);
-    if (casm_msg_send (&msg, zsock_resolve (casm_stage_socket (self->stage)))
-        != 0)
+    if (casm_stage_send (self->stage, &msg) != 0)
         casm_warn (header.request_id, NULL, "could not answer on Q2");
 }
 
-//  Forwards the work to Q3 with this status, body and event (its slot is
-//  the caller's to give back). When Q3 refuses the message, answers on Q2
-//  directly: the change is committed and its event waits in the outbox. A
-//  PING that cannot go on is answered 503.
+//  Queues the work for Q3 with this status, body and event (its slot is
+//  the caller's to give back); the batch's events leave together
+//  (s_forward_flush).
 static void
 s_forward (casm_worker_t *self, casm_work_t **work_p, uint16_t status,
            const char *body, size_t body_size, const char *event,
@@ -160,33 +166,43 @@ s_forward (casm_worker_t *self, casm_work_t **work_p, uint16_t status,
     work->header.status = status;
     work->header.flags = 0;
     int64_t deadline = work->header.deadline_ms;
-
-    //  Keep what a direct answer needs, since forwarding consumes the work.
-    casm_work_t *fallback = calloc (1, sizeof *fallback);
-    if (fallback) {
-        fallback->envelope = zmsg_dup (work->envelope);
-        fallback->header = work->header;
-        fallback->body = zframe_new (NULL, 0);
+    zmsg_t *msg = casm_work_message (work, NULL, &work->header, body,
+                                     body_size, event, event_size);
+    casm_work_destroy (&work);
+    if (casm_bundle_append (self->outgoing, &msg) != 0) {
+        casm_error (NULL, NULL, "out of memory: a unit is not answered");
+        return;
     }
+    self->pending++;
+    if (deadline > self->pending_until)
+        self->pending_until = deadline;
+}
 
-    if (casm_work_forward (&work, zsock_resolve (self->publishers), body,
-                           body_size, event, event_size) == 0) {
-        self->pending++;
-        if (deadline > self->pending_until)
-            self->pending_until = deadline;
-        casm_work_destroy (&fallback);
-    }
-    else
-    if (fallback && fallback->envelope) {
-        int ping = fallback->header.op == CASM_OP_PING;
-        casm_warn (fallback->header.request_id, NULL,
+//  Sends the batch's events to Q3. When Q3 refuses them (a full or
+//  peerless socket), each is answered on Q2 directly: the change is
+//  committed and its event waits in the outbox. A PING that cannot go on
+//  is answered 503.
+static void
+s_forward_flush (casm_worker_t *self)
+{
+    if (casm_bundle_send (self->outgoing, zsock_resolve (self->publishers),
+                          NULL) == 0)
+        return;
+    zmsg_t *msg;
+    while ((msg = casm_bundle_pop (self->outgoing))) {
+        self->pending--;
+        casm_work_t *work = casm_work_take (&msg);
+        if (!work)
+            continue;
+        int ping = work->header.op == CASM_OP_PING;
+        casm_warn (work->header.request_id, NULL,
                    "Q3 refused the message; answering directly%s",
                    ping ? "" : ", the event stays in the outbox");
-        s_answer (self, &fallback, ping ? 503 : status, 0, body, body_size);
-    }
-    else {
-        casm_error (NULL, NULL, "out of memory: a unit is not answered");
-        casm_work_destroy (&fallback);
+        //  s_answer copies the body before it destroys the work.
+        size_t size;
+        const char *body = casm_work_body (work, &size);
+        s_answer (self, &work, ping ? 503 : work->header.status, 0, body,
+                  size);
     }
 }
 
@@ -270,16 +286,17 @@ s_take (casm_worker_t *self)
 static void
 s_batch (casm_worker_t *self)
 {
-    zsock_t *socket = casm_stage_socket (self->stage);
     size_t count = 0;
     while (count < (size_t) self->credit
-       &&  (zsock_events (socket) & ZMQ_POLLIN)) {
+       &&  casm_stage_readable (self->stage)) {
         casm_work_t *work = s_take (self);
         if (work)
             self->batch [count++] = work;
     }
-    if (count == 0)
+    if (count == 0) {
+        s_forward_flush (self);     // a readiness probe may be going on
         return;
+    }
 
     for (size_t i = 0; i < count; i++) {
         casm_store_unit_t *unit = &self->units [i];
@@ -305,6 +322,7 @@ s_batch (casm_worker_t *self)
                       outcome->flags, outcome->body, outcome->body_size);
         casm_outcome_clear (outcome);
     }
+    s_forward_flush (self);
     casm_stage_release (self->stage, (int) count);
 }
 
@@ -336,11 +354,8 @@ s_ping_rejected (casm_worker_t *self, casm_work_t **work_p)
 //  rejected the unit (no publisher could take it): then the change is
 //  committed and in the outbox, and the answer is the success.
 static void
-s_relay (casm_worker_t *self)
+s_relay_one (casm_worker_t *self, zmsg_t *msg)
 {
-    zmsg_t *msg = zmsg_recv (self->publishers);
-    if (!msg)
-        return;
     if (self->pending > 0)
         self->pending--;
     if (!self->stage) {
@@ -376,6 +391,21 @@ s_relay (casm_worker_t *self)
     size_t size;
     const char *body = casm_work_body (work, &size);
     s_answer (self, &work, status, 0, body, size);
+}
+
+//  The replies waiting from Q3, a bounded number of messages at a time.
+static void
+s_relay (casm_worker_t *self)
+{
+    for (int taken = 0; taken < self->credit; taken++) {
+        zmsg_t *msg = zmsg_recv_nowait (zsock_resolve (self->publishers));
+        if (!msg)
+            break;
+        if (casm_bundle_unpack (self->incoming, &msg, NULL) < 0)
+            casm_warn (NULL, NULL, "dropped a malformed bundle from Q3");
+        while ((msg = casm_bundle_pop (self->incoming)))
+            s_relay_one (self, msg);
+    }
 }
 
 
@@ -450,14 +480,21 @@ casm_worker_run (casm_worker_t *self, volatile sig_atomic_t *stop)
             s_housekeeping (self, now);
         }
 
-        void *which = zpoller_wait (self->poller, POLL_MS);
+        //  Units of a bundle already here do not make the socket
+        //  readable: then the loop does not wait.
+        int waiting = self->stage && casm_stage_waiting (self->stage);
+        if (self->stage)
+            casm_stage_flush (self->stage);
+        void *which = zpoller_wait (self->poller, waiting ? 0 : POLL_MS);
         casm_metrics_http_serve (casm_metrics_http_process ());
         if (which == self->publishers)
             s_relay (self);
-        else
-        if (self->stage && which == casm_stage_socket (self->stage))
+        if (self->stage && (which == casm_stage_socket (self->stage)
+                            || casm_stage_waiting (self->stage)))
             s_batch (self);
     }
+    if (self->stage)
+        casm_stage_flush (self->stage);
     casm_info (NULL, NULL, "worker stopped");
     return 0;
 }
