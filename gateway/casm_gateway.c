@@ -9,7 +9,9 @@
     2.  The body, if any, is appended to the slot's buffer, up to
         MAX_BODY_BYTES.
     3.  When the request is complete, it goes to Q1 as [correlation] []
-        [header] [body] and the connection is suspended.
+        [header] [body] and the connection is suspended. The requests of
+        one turn of the loop leave together, as one bundle
+        (casm_bundle.h), once MHD_run is done (s_pipeline_flush).
     4.  The reply comes back as [correlation] [] [header] [body]; the
         correlation names the slot, the slot names the connection, which is
         resumed. A deadline passing first resumes it with 504.
@@ -22,6 +24,7 @@
 
 #include "casm_gateway.h"
 #include "casm_auth.h"
+#include "casm_bundle.h"
 #include "casm_config.h"
 #include "casm_curve.h"
 #include "casm_error.h"
@@ -97,6 +100,13 @@ struct casm_gateway_t {
     casm_guard_t *guard;                // receive deadlines
     char *tls_cert;                     // PEM text, while MHD runs
     char *tls_key;
+
+    //  Requests made this turn, not sent yet: their frames, ready to go.
+    struct {
+        casm_request_t *request;
+        zmq_msg_t frames [4];           // [correlation] [] [header] [body]
+    } outgoing [CASM_BUNDLE_UNITS_MAX];
+    size_t outgoing_count;
 
     int draining;
     int64_t drain_deadline;             // grace period ends
@@ -494,12 +504,19 @@ s_request_fail (casm_request_t *request, uint16_t status, const char *code,
 //  --------------------------------------------------------------------
 //  The pipeline side
 
-//  Sends a request to Q1 as [correlation] [] [header] [body]. Returns 0,
-//  or -1 when the DEALER refuses (no broker connected, or its queue full).
+static size_t s_pipeline_flush (casm_gateway_t *self);
+static void s_request_resume (casm_gateway_t *self,
+                              casm_request_t *request);
+
+//  Queues a request for Q1 as [correlation] [] [header] [body]; the turn's
+//  requests leave together (s_pipeline_flush), and a full queue leaves
+//  first. Returns 0, or -1 when out of memory.
 static int
 s_pipeline_send (casm_gateway_t *self, casm_request_t *request,
                  const char *body, size_t size, int64_t timeout_ms)
 {
+    if (self->outgoing_count == CASM_BUNDLE_UNITS_MAX)
+        s_pipeline_flush (self);
     casm_header_t header;
     memset (&header, 0, sizeof header);
     header.version = CASM_MSG_VERSION;
@@ -511,23 +528,74 @@ s_pipeline_send (casm_gateway_t *self, casm_request_t *request,
     zframe_t *frame = casm_header_encode (&header);
     if (!frame)
         return -1;
-
-    //  ZMQ_IMMEDIATE and a zero send timeout make the first frame fail at
-    //  once when no broker is connected; once it is accepted, the rest of
-    //  the message is too (multipart messages are atomic).
     uint8_t key [CASM_CORRELATION_SIZE];
     casm_inflight_correlation (request, key);
-    int rc = zmq_send (self->pipeline, key, sizeof key,
-                       ZMQ_SNDMORE | ZMQ_DONTWAIT);
-    if (rc != -1)
-        rc = zmq_send (self->pipeline, "", 0, ZMQ_SNDMORE);
-    if (rc != -1)
-        rc = zmq_send (self->pipeline, zframe_data (frame),
-                       zframe_size (frame), ZMQ_SNDMORE);
-    if (rc != -1)
-        rc = zmq_send (self->pipeline, body, size, 0);
+
+    zmq_msg_t *frames = self->outgoing [self->outgoing_count].frames;
+    const void *data [4] = { key, "", zframe_data (frame), body };
+    size_t sizes [4] = { sizeof key, 0, zframe_size (frame), size };
+    int made = 0;
+    while (made < 4 && zmq_msg_init_size (&frames [made], sizes [made]) == 0) {
+        if (sizes [made])
+            memcpy (zmq_msg_data (&frames [made]), data [made], sizes [made]);
+        made++;
+    }
     zframe_destroy (&frame);
-    return rc == -1 ? -1 : 0;
+    if (made < 4) {
+        while (made > 0)
+            zmq_msg_close (&frames [--made]);
+        return -1;
+    }
+    self->outgoing [self->outgoing_count++].request = request;
+    return 0;
+}
+
+//  Sends the queued requests: one as a plain message, several as a bundle.
+//  ZMQ_IMMEDIATE and a zero send timeout make the first frame fail at once
+//  when no broker is connected; once it is accepted, the rest of the
+//  message is too (multipart messages are atomic). Refused, every queued
+//  request is answered 503: its connection was suspended, so it resumes.
+//  Returns how many were answered so.
+static size_t
+s_pipeline_flush (casm_gateway_t *self)
+{
+    size_t count = self->outgoing_count;
+    if (count == 0)
+        return 0;
+
+    int rc = 0;
+    if (count > 1) {
+        uint8_t index [CASM_BUNDLE_UNITS_MAX];
+        memset (index, 4, count);
+        rc = zmq_send (self->pipeline, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+        if (rc != -1)
+            rc = zmq_send (self->pipeline, index, count, ZMQ_SNDMORE);
+    }
+    for (size_t i = 0; rc != -1 && i < count; i++) {
+        zmq_msg_t *frames = self->outgoing [i].frames;
+        for (int k = 0; rc != -1 && k < 4; k++) {
+            int flags = k < 3 || i + 1 < count ? ZMQ_SNDMORE : 0;
+            if (count == 1 && k == 0)
+                flags |= ZMQ_DONTWAIT;
+            rc = zmq_msg_send (&frames [k], self->pipeline, flags);
+        }
+    }
+    self->outgoing_count = 0;
+    if (rc != -1)
+        return 0;
+
+    int error = errno;
+    for (size_t i = 0; i < count; i++) {
+        casm_request_t *request = self->outgoing [i].request;
+        for (int k = 0; k < 4; k++)
+            zmq_msg_close (&self->outgoing [i].frames [k]);
+        s_warn (self, WARN_BROKER, request->trace_id,
+                "cannot send to the broker at %s: %s", self->endpoint,
+                zmq_strerror (error));
+        s_request_fail (request, 503, CASM_ERR_UNAVAILABLE, "broker");
+        s_request_resume (self, request);
+    }
+    return count;
 }
 
 //  Wakes the request's connection: MHD calls s_access for it again on its
@@ -953,10 +1021,9 @@ s_request_dispatch (casm_gateway_t *self, casm_request_t *request)
     int rc = s_pipeline_send (self, request, body, size, timeout);
     free (made);
     if (rc != 0) {
-        s_warn (self, WARN_BROKER, request->trace_id,
-                "cannot send to the broker at %s: %s", self->endpoint,
-                zmq_strerror (errno));
-        s_request_fail (request, 503, CASM_ERR_UNAVAILABLE, "broker");
+        s_warn (self, WARN_MEMORY, request->trace_id,
+                "out of memory for a request to the broker");
+        s_request_fail (request, 500, CASM_ERR_INTERNAL, NULL);
         return s_respond_request (self, request);
     }
 
@@ -1434,8 +1501,11 @@ casm_gateway_run (casm_gateway_t *self)
         }
 
         //  Always, as MHD requires after a poll; it also answers the
-        //  connections resumed above.
+        //  connections resumed above. The requests it made leave now; any
+        //  the broker refused are answered by a second run.
         MHD_run (self->daemon);
+        if (s_pipeline_flush (self) > 0)
+            MHD_run (self->daemon);
 
         //  Drained: every request answered (its slot is only given back
         //  once the answer is written), or no more time to write them.

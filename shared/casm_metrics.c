@@ -733,8 +733,8 @@ void
 casm_metrics_batch (const char *stage, size_t units)
 {
     casm_series_observe (casm_metrics_histogram (NULL, "casm_batch_size",
-        "Units of work run together: per worker transaction, per "
-        "warehouse batch.",
+        "Units of work run together: per validator look-up, per worker "
+        "transaction, per warehouse batch.",
         s_batch_bounds, sizeof s_batch_bounds / sizeof s_batch_bounds [0],
         "stage", stage, NULL), (double) units);
 }

@@ -24,6 +24,7 @@
 #include "casm_curve.h"
 #include "casm_error.h"
 #include "casm_log.h"
+#include "casm_metrics.h"
 #include "casm_metrics_http.h"
 #include "casm_proto.h"
 #include "casm_stage.h"
@@ -353,6 +354,8 @@ s_batch (casm_validator_t *self)
         checks [count++] = check;
     }
 
+    if (count > 0)
+        casm_metrics_batch ("validator", count);
     casm_lookup_prefetch (self->lookup, keys, key_count);
     for (size_t i = 0; i < count; i++)
         s_handle (self, works [i], checks [i]);

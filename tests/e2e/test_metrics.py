@@ -235,6 +235,13 @@ class MetricsCase(Case):
         self.assertGreaterEqual(self.value(samples, "casm_batch_size_sum",
                                            stage="worker"), 3)
 
+    def test_validator_batches(self):
+        _, samples = self.scrape("validator-1")
+        self.assertGreaterEqual(self.value(samples, "casm_batch_size_count",
+                                           stage="validator"), 3)
+        self.assertGreaterEqual(self.value(samples, "casm_batch_size_sum",
+                                           stage="validator"), 3)
+
     def test_publisher(self):
         _, samples = self.scrape("publisher-1")
         self.assertGreaterEqual(self.value(samples,
