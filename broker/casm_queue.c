@@ -75,6 +75,8 @@ struct casm_queue_t {
     casm_queue_stats_t reported;
     int64_t next_report;
     casm_bundle_t *units;       // the units of a bundle that came in
+    zlistx_t *taking;           // instances given units by a dispatch
+    zlistx_t *refused;          // instances whose pipe was full, for now
     casm_bundle_t *replies;     // replies for reply_to, not sent yet
     zframe_t *reply_to;         // their upstream identity, or NULL
 };
@@ -372,7 +374,7 @@ s_dispatch_round (casm_queue_t *self, zlistx_t *refused)
 {
     int64_t now = s_wall (self);
     bool drop_expired = self->number != CASM_QUEUE_PUBLISHER;
-    zlistx_t *taking = zlistx_new ();
+    zlistx_t *taking = self->taking;
 
     while (zlistx_size (self->fifo) > 0 && zlistx_size (self->ready) > 0) {
         s_pending_t *pending = (s_pending_t *) zlistx_first (self->fifo);
@@ -435,7 +437,6 @@ s_dispatch_round (casm_queue_t *self, zlistx_t *refused)
             zlistx_add_end (refused, instance);
         }
     }
-    zlistx_destroy (&taking);
     return given;
 }
 
@@ -449,7 +450,7 @@ s_dispatch (casm_queue_t *self)
         return;
     //  Each round either sends everything it can or takes an instance out
     //  of the ring (refused or forgotten), so the rounds end.
-    zlistx_t *refused = zlistx_new ();
+    zlistx_t *refused = self->refused;
     while (zlistx_size (self->fifo) > 0 && zlistx_size (self->ready) > 0
            && s_dispatch_round (self, refused) > 0)
         ;
@@ -458,7 +459,6 @@ s_dispatch (casm_queue_t *self)
         zlistx_delete (refused, zlistx_cursor (refused));
         s_instance_update (self, instance);
     }
-    zlistx_destroy (&refused);
 }
 
 
@@ -485,7 +485,9 @@ casm_queue_new (int queue, const char *frontend, const char *backend,
     zlistx_set_destructor (self->fifo, s_pending_destroy);
     self->units = casm_bundle_new ();
     self->replies = casm_bundle_new ();
-    if (!self->units || !self->replies) {
+    self->taking = zlistx_new ();
+    self->refused = zlistx_new ();
+    if (!self->units || !self->replies || !self->taking || !self->refused) {
         casm_queue_destroy (&self);
         return NULL;
     }
@@ -538,6 +540,8 @@ casm_queue_destroy (casm_queue_t **self_p)
     zhashx_destroy (&self->instances);
     casm_bundle_destroy (&self->units);
     casm_bundle_destroy (&self->replies);
+    zlistx_destroy (&self->taking);
+    zlistx_destroy (&self->refused);
     zframe_destroy (&self->reply_to);
     free (self);
     *self_p = NULL;
