@@ -396,15 +396,21 @@ s_dispatch_round (casm_queue_t *self, zlistx_t *refused)
         zmsg_t *msg = pending->msg;
         pending->msg = NULL;
         zlistx_delete (self->fifo, handle);
-        casm_bundle_append (instance->out, &msg);
+        if (casm_bundle_append (instance->out, &msg) != 0) {
+            casm_error (NULL, s_fields (self, instance),
+                        "out of memory: a unit of work was dropped");
+            continue;
+        }
         instance->credit--;
         zlistx_move_end (self->ready, instance->ready);
         s_instance_update (self, instance);
     }
 
+    //  From the last instance given units to the first, so that when
+    //  several refuse, the first units are back first.
     size_t given = zlistx_size (taking);
     s_instance_t *instance;
-    while ((instance = (s_instance_t *) zlistx_first (taking))) {
+    while ((instance = (s_instance_t *) zlistx_last (taking))) {
         zlistx_delete (taking, zlistx_cursor (taking));
         size_t count = casm_bundle_size (instance->out);
         if (casm_bundle_send (instance->out, zsock_resolve (self->backend),
@@ -566,7 +572,8 @@ casm_queue_backend_socket (casm_queue_t *self)
 static void
 s_frontend_message (casm_queue_t *self, zmsg_t **msg_p)
 {
-    zframe_t *header_frame = s_header_frame (*msg_p);
+    zframe_t *header_frame = zmsg_size (*msg_p) <= CASM_BUNDLE_FRAMES_MAX
+                           ? s_header_frame (*msg_p) : NULL;
     if (!header_frame) {
         self->stats.malformed++;
         casm_warn (NULL, s_fields (self, NULL),

@@ -1501,10 +1501,11 @@ casm_gateway_run (casm_gateway_t *self)
         }
 
         //  Always, as MHD requires after a poll; it also answers the
-        //  connections resumed above. The requests it made leave now; any
-        //  the broker refused are answered by a second run.
+        //  connections resumed above. The requests it made leave now; the
+        //  ones the broker refused are answered by another run, which may
+        //  read new requests: those leave too before the loop waits.
         MHD_run (self->daemon);
-        if (s_pipeline_flush (self) > 0)
+        while (s_pipeline_flush (self) > 0)
             MHD_run (self->daemon);
 
         //  Drained: every request answered (its slot is only given back
@@ -1524,8 +1525,10 @@ casm_gateway_destroy (casm_gateway_t **self_p)
     if (!self)
         return;
 
-    //  MHD must not be stopped with suspended connections.
+    //  MHD must not be stopped with suspended connections. Draining, the
+    //  last run answers new requests at once instead of queueing them.
     if (self->daemon) {
+        self->draining = 1;
         s_pipeline_abandon (self);
         MHD_run (self->daemon);
         MHD_stop_daemon (self->daemon);

@@ -224,15 +224,16 @@ casm_bundle_unpack (casm_bundle_t *self, zmsg_t **msg_p, zframe_t *prefix)
         return s_append_unit (self, &msg, prefix) == 0 ? 1 : -1;
 
     //  [empty] [index] [frames ...]: the index must account for every
-    //  frame, each unit having at least one.
+    //  frame, each unit having at least one, and room for the prefix.
     zframe_t *empty = zmsg_pop (msg);
     zframe_t *index = zmsg_pop (msg);
     zframe_destroy (&empty);
     size_t units = index ? zframe_size (index) : 0;
     const byte *counts = index ? zframe_data (index) : NULL;
     size_t frames = 0;
+    size_t room = CASM_BUNDLE_FRAMES_MAX - (prefix ? 1 : 0);
     for (size_t i = 0; i < units; i++) {
-        if (counts [i] == 0)
+        if (counts [i] == 0 || counts [i] > room)
             units = 0;
         frames += counts [i];
     }

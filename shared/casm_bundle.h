@@ -64,7 +64,8 @@ int casm_bundle_send (casm_bundle_t *self, void *socket, zframe_t *routing);
 //  front of each unit (the identity a ROUTER read before the bundle) and
 //  stays the caller's. Takes ownership of *msg_p and NULLs it. Returns the
 //  count of units appended, or -1 when a bundle is malformed (its index
-//  does not match its frames); nothing of it is appended then.
+//  does not match its frames, or a unit with the prefix would have more
+//  than CASM_BUNDLE_FRAMES_MAX frames); nothing of it is appended then.
 int casm_bundle_unpack (casm_bundle_t *self, zmsg_t **msg_p,
                         zframe_t *prefix);
 

@@ -126,9 +126,18 @@ casm_stage_recv (casm_stage_t *self)
 {
     if (casm_bundle_size (self->inbox) == 0) {
         zmsg_t *msg = zmsg_recv_nowait (zsock_resolve (self->socket));
-        if (msg && casm_bundle_unpack (self->inbox, &msg, NULL) < 0)
+        //  The units of a bundle that cannot be read still count as
+        //  received (its index says how many), or the broker would take
+        //  them for still on the way and the credit would shrink for good.
+        zframe_t *index = msg && casm_bundle_is (msg) && zmsg_first (msg)
+                        ? zmsg_next (msg) : NULL;
+        size_t units = index ? zframe_size (index) : 0;
+        if (msg && casm_bundle_unpack (self->inbox, &msg, NULL) < 0) {
+            self->received = (self->received + (int64_t) units)
+                           % CASM_COUNT_MOD;
             casm_error (NULL, json_pack ("{s:s}", "stage", self->name),
                         "dropped a malformed bundle from the broker");
+        }
     }
     zmsg_t *msg = casm_bundle_pop (self->inbox);
     if (!msg)

@@ -250,6 +250,20 @@ START_TEST (test_malformed_bundles_are_refused_whole)
     zmsg_t *msg = s_raw_bundle (NULL, 0, 0);
     ck_assert_int_eq (casm_bundle_unpack (in, &msg, NULL), -1);
 
+    //  A unit of the most frames a bundle can say: whole without a
+    //  prefix, but one frame too many with one, so refused then.
+    byte most [] = { CASM_BUNDLE_FRAMES_MAX };
+    msg = s_raw_bundle (most, 1, CASM_BUNDLE_FRAMES_MAX);
+    zframe_t *prefix = zframe_new ("peer", 4);
+    ck_assert_int_eq (casm_bundle_unpack (in, &msg, prefix), -1);
+    ck_assert_uint_eq (casm_bundle_size (in), 0);
+    msg = s_raw_bundle (most, 1, CASM_BUNDLE_FRAMES_MAX);
+    ck_assert_int_eq (casm_bundle_unpack (in, &msg, NULL), 1);
+    zmsg_t *whole = casm_bundle_pop (in);
+    ck_assert_uint_eq (zmsg_size (whole), CASM_BUNDLE_FRAMES_MAX);
+    zmsg_destroy (&whole);
+    zframe_destroy (&prefix);
+
     //  And a good one, to show the cases above fail for their flaw.
     byte index [] = { 2, 1 };
     msg = s_raw_bundle (index, sizeof index, 3);

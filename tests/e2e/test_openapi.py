@@ -649,6 +649,34 @@ class TestFaults(Contract):
         r = self.call("GET", "/ready", 503, gateway=NO_BROKER)
         self.assertEqual(r.body["broker"], "down", r.body)
 
+    def test_no_broker_concurrent(self):
+        """Many clients at once on keep-alive connections, no broker: the
+        gateway sends the requests of one loop turn together, and when the
+        broker refuses them every one is answered 503, none left to time
+        out (504)."""
+        statuses = []
+        lock = threading.Lock()
+
+        def client(n):
+            for i in range(5):
+                r = self.stack.http(
+                    "PUT", UPDATE,
+                    {"requestId": "c-%d-%d" % (n, i),
+                     "customer": {"externalId": "CRM-x"},
+                     "customAttributes": {}},
+                    gateway=NO_BROKER, headers=AUTHORIZED)
+                with lock:
+                    statuses.append((r.status, r.body.get("code")))
+
+        threads = [threading.Thread(target=client, args=(n,))
+                   for n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(len(statuses), 80)
+        self.assertEqual(set(statuses), {(503, "SERVICE-UNAVAILABLE")})
+
     def test_unauthorized(self):
         """A gateway with API keys: the operations need one, the
         operational endpoints do not."""
