@@ -629,25 +629,35 @@ s_bundled (zmsg_t *msg)
     return second && zframe_size (second) == 0;
 }
 
-int
-casm_queue_frontend (casm_queue_t *self)
+//  Reads up to BATCH messages from socket and hands each unit, a bundle's
+//  one by one, to handle. Returns the messages read.
+static int
+s_read (casm_queue_t *self, zsock_t *socket,
+        void (*handle) (casm_queue_t *, zmsg_t **))
 {
     int count = 0;
     zmsg_t *msg;
     while (count < BATCH
-           && (msg = zmsg_recv_nowait (zsock_resolve (self->frontend)))) {
+           && (msg = zmsg_recv_nowait (zsock_resolve (socket)))) {
         if (s_bundled (msg)) {
             zframe_t *peer = zmsg_pop (msg);
             s_unbundle (self, &msg, peer);
             zframe_destroy (&peer);
             zmsg_t *unit;
             while ((unit = casm_bundle_pop (self->units)))
-                s_frontend_message (self, &unit);
+                handle (self, &unit);
         }
         else
-            s_frontend_message (self, &msg);
+            handle (self, &msg);
         count++;
     }
+    return count;
+}
+
+int
+casm_queue_frontend (casm_queue_t *self)
+{
+    int count = s_read (self, self->frontend, s_frontend_message);
     s_dispatch (self);
     return count;
 }
@@ -838,22 +848,7 @@ s_backend_message (casm_queue_t *self, zmsg_t **msg_p)
 int
 casm_queue_backend (casm_queue_t *self)
 {
-    int count = 0;
-    zmsg_t *msg;
-    while (count < BATCH
-           && (msg = zmsg_recv_nowait (zsock_resolve (self->backend)))) {
-        if (s_bundled (msg)) {
-            zframe_t *peer = zmsg_pop (msg);
-            s_unbundle (self, &msg, peer);
-            zframe_destroy (&peer);
-            zmsg_t *unit;
-            while ((unit = casm_bundle_pop (self->units)))
-                s_backend_message (self, &unit);
-        }
-        else
-            s_backend_message (self, &msg);
-        count++;
-    }
+    int count = s_read (self, self->backend, s_backend_message);
     s_replies_flush (self);
     s_dispatch (self);
     return count;

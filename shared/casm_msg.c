@@ -229,10 +229,9 @@ casm_msg_send (zmsg_t **msg_p, void *socket)
     return rc;
 }
 
-int
-casm_work_reply (casm_work_t **self_p, void *socket, const char *prefix,
-                 uint16_t status, uint8_t flags, const char *body,
-                 size_t body_size)
+zmsg_t *
+casm_work_answer (casm_work_t **self_p, const char *prefix, uint16_t status,
+                  uint8_t flags, const char *body, size_t body_size)
 {
     casm_work_t *self = *self_p;
     casm_header_t header = self->header;
@@ -244,6 +243,16 @@ casm_work_reply (casm_work_t **self_p, void *socket, const char *prefix,
     zmsg_t *msg = casm_work_message (self, prefix, &header, body, body_size,
                                      NULL, 0);
     casm_work_destroy (self_p);
+    return msg;
+}
+
+int
+casm_work_reply (casm_work_t **self_p, void *socket, const char *prefix,
+                 uint16_t status, uint8_t flags, const char *body,
+                 size_t body_size)
+{
+    zmsg_t *msg = casm_work_answer (self_p, prefix, status, flags, body,
+                                    body_size);
     return casm_msg_send (&msg, socket);
 }
 

@@ -134,9 +134,15 @@ zmsg_t *casm_work_message (casm_work_t *self, const char *prefix,
 //  or -1.
 int casm_msg_send (zmsg_t **msg_p, void *socket);
 
-//  Sends a reply on socket: the envelope, a reply header with this status
-//  and flags (other fields from the request), and the body. Destroys the
-//  work and NULLs the pointer. Returns 0 or -1.
+//  The reply to the work as a message: the envelope (after prefix, when
+//  not NULL), a reply header with this status and flags (other fields from
+//  the request), and the body, copied. Destroys the work and NULLs the
+//  pointer.
+zmsg_t *casm_work_answer (casm_work_t **self_p, const char *prefix,
+                          uint16_t status, uint8_t flags, const char *body,
+                          size_t body_size);
+
+//  Sends casm_work_answer's message on socket. Returns 0 or -1.
 int casm_work_reply (casm_work_t **self_p, void *socket, const char *prefix,
                      uint16_t status, uint8_t flags, const char *body,
                      size_t body_size);

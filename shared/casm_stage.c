@@ -176,15 +176,8 @@ int
 casm_stage_reply (casm_stage_t *self, casm_work_t **work_p, uint16_t status,
                   uint8_t flags, const char *body, size_t body_size)
 {
-    casm_work_t *work = *work_p;
-    casm_header_t header = work->header;
-    header.version = CASM_MSG_VERSION;
-    header.kind = CASM_KIND_REPLY;
-    header.status = status;
-    header.flags = flags;
-    zmsg_t *msg = casm_work_message (work, CASM_CMD_REPLY, &header, body,
-                                     body_size, NULL, 0);
-    casm_work_destroy (work_p);
+    zmsg_t *msg = casm_work_answer (work_p, CASM_CMD_REPLY, status, flags,
+                                    body, body_size);
     casm_stage_release (self, 1);
     return casm_stage_send (self, &msg);
 }

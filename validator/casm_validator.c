@@ -131,13 +131,8 @@ s_forward_flush (casm_validator_t *self)
         size_t size = 0;
         char *body = casm_error_body (503, CASM_ERR_UNAVAILABLE, NULL, NULL,
                                       id, NULL, &size);
-        casm_header_t header = work->header;
-        header.kind = CASM_KIND_REPLY;
-        header.status = 503;
-        header.flags = 0;
-        zmsg_t *reply = casm_work_message (work, CASM_CMD_REPLY, &header,
-                                           body ? body : "", size, NULL, 0);
-        casm_work_destroy (&work);
+        zmsg_t *reply = casm_work_answer (&work, CASM_CMD_REPLY, 503, 0,
+                                          body ? body : "", size);
         casm_stage_send (self->stage, &reply);
         free (body);
     }

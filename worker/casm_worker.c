@@ -139,18 +139,12 @@ static void
 s_answer (casm_worker_t *self, casm_work_t **work_p, uint16_t status,
           uint8_t flags, const char *body, size_t body_size)
 {
-    casm_work_t *work = *work_p;
-    casm_header_t header = work->header;
-    header.version = CASM_MSG_VERSION;
-    header.kind = CASM_KIND_REPLY;
-    header.status = status;
-    header.flags = flags;
-
-    zmsg_t *msg = casm_work_message (work, CASM_CMD_REPLY, &header, body,
-                                     body_size, NULL, 0);
-    casm_work_destroy (work_p);
+    char id [CASM_REQUEST_ID_MAX + 1];
+    snprintf (id, sizeof id, "%s", (*work_p)->header.request_id);
+    zmsg_t *msg = casm_work_answer (work_p, CASM_CMD_REPLY, status, flags,
+                                    body, body_size);
     if (casm_stage_send (self->stage, &msg) != 0)
-        casm_warn (header.request_id, NULL, "could not answer on Q2");
+        casm_warn (id, NULL, "could not answer on Q2");
 }
 
 //  Queues the work for Q3 with this status, body and event (its slot is
