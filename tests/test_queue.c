@@ -179,10 +179,10 @@ s_drain_work (zsock_t *instance)
     return count;
 }
 
-//  Answers a unit as an instance would: "R" and the work's envelope, a
-//  reply header, and body.
-static void
-s_answer (zsock_t *instance, zmsg_t **work_p, const char *body)
+//  The answer to a unit as an instance makes it: "R" and the work's
+//  envelope, a reply header, and body. Destroys the work.
+static zmsg_t *
+s_reply_message (zmsg_t **work_p, const char *body)
 {
     zmsg_t *work = *work_p;
     zmsg_t *reply = zmsg_new ();
@@ -204,6 +204,14 @@ s_answer (zsock_t *instance, zmsg_t **work_p, const char *body)
     zmsg_append (reply, &frame);
     zmsg_addstr (reply, body);
     zmsg_destroy (work_p);
+    return reply;
+}
+
+//  Answers a unit as an instance would, in a message of its own.
+static void
+s_answer (zsock_t *instance, zmsg_t **work_p, const char *body)
+{
+    zmsg_t *reply = s_reply_message (work_p, body);
     ck_assert_int_eq (zmsg_send (&reply, instance), 0);
 }
 
@@ -839,26 +847,8 @@ START_TEST (test_bundles_taken_apart)
     for (int i = 0; i < 2; i++) {
         zmsg_t *work = s_work (instance);
         ck_assert_ptr_nonnull (work);
-        zmsg_t *reply = zmsg_new ();
-        zmsg_addstr (reply, CASM_CMD_REPLY);
-        zframe_t *frame;
-        while ((frame = zmsg_pop (work))) {
-            bool delimiter = zframe_size (frame) == 0;
-            zmsg_append (reply, &frame);
-            if (delimiter)
-                break;
-        }
-        casm_header_t header;
-        frame = zmsg_pop (work);
-        ck_assert_int_eq (casm_header_decode (frame, &header), 0);
-        zframe_destroy (&frame);
-        header.kind = CASM_KIND_REPLY;
-        header.status = 200;
-        frame = casm_header_encode (&header);
-        zmsg_append (reply, &frame);
-        zmsg_addstr (reply, names [i]);
+        zmsg_t *reply = s_reply_message (&work, names [i]);
         casm_bundle_append (out, &reply);
-        zmsg_destroy (&work);
     }
     zmsg_t *credit = zmsg_new ();
     zmsg_addstr (credit, CASM_CMD_CREDIT);
