@@ -7,6 +7,7 @@ after all of it every process is still alive and ready."""
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 import unittest
@@ -593,6 +594,31 @@ class TestHttp(Case):
         r = self.stack.create_customer(request_id=rid)
         self.assertRegex(r.body["timestamp"], RFC3339_MS)
         self.assertTrue(r.body["timestamp"].endswith("Z"))
+
+
+class TestSettings(Case):
+    """A setting out of its range stops a process at start with a message
+    naming it (exit status 2), before it joins the stack: among them the
+    floor of 24 hours on the idempotency records' retention (DESIGN.md
+    2.4)."""
+
+    def test_out_of_range_settings_refused(self):
+        port = harness._Ports.one()
+        for directory, name, value in (
+                ("worker", "REQUEST_RETENTION_HOURS", "23"),
+                ("worker", "WORKER_CREDIT", "0"),
+                ("gateway", "MAX_INFLIGHT", "0"),
+                ("publisher", "KAFKA_MESSAGE_TIMEOUT_MS", "999"),
+                ("validator", "VALIDATOR_CREDIT", "x")):
+            env = self.stack.process_env("refused", {
+                name: value, "HTTP_PORT": str(port)})
+            out = subprocess.run([self.stack.binary(directory)], env=env,
+                                 stdin=subprocess.DEVNULL,
+                                 capture_output=True, timeout=20)
+            self.assertEqual(out.returncode, 2, "%s with %s=%s: %r"
+                             % (directory, name, value, out.stderr[-400:]))
+            self.assertIn(('invalid %s="%s"' % (name, value)).encode(),
+                          out.stderr)
 
 
 class TestZzSurvival(Case):

@@ -5,7 +5,8 @@ turn gets SIGTERM, an instance started by hand with the same environment
 takes its place, then the other original instance gets SIGTERM too, so
 that only the hand-started one is left: no request fails, and every
 drained process exits 0. Last, the first gateway drains while the clients
-move to the second. And a second signal ends a drain at once."""
+move to the second. A second signal ends a drain at once, and so does
+the end of SHUTDOWN_GRACE_MS."""
 
 import os
 import signal
@@ -39,6 +40,63 @@ class DrainCase(FaultCase):
                 p.signal(signal.SIGCONT)
         harness.stop_module_stack(dump=harness.DumpOnFailure.failed)
         harness.DumpOnFailure.failed = False
+
+    def hold_a_request(self):
+        """One update that waits in a frozen publisher, committed and on
+        its way there. Returns (customer reference, the publisher)."""
+        s = self.stack
+        ref = {"refId": s.create_customer().body["customer"]["refId"]}
+        publisher = s.instances("publisher")[0]
+        publisher.signal(signal.SIGSTOP)
+
+        def stuck_request():
+            try:
+                s.update_attributes(ref, {"a": "1"})
+            except OSError:
+                pass        # its gateway is stopped under it
+
+        threading.Thread(target=stuck_request, daemon=True).start()
+        s.wait_for(lambda: "sent" in s.sql(
+            "SELECT CASE WHEN count(*) > 0 THEN 'sent' END FROM casm.outbox "
+            "WHERE customer_ref = '%s' AND version = 2" % ref["refId"]),
+            10, what="the change committed")
+        time.sleep(0.5)     # on its way to the frozen publisher
+        return ref, publisher
+
+    def undelivered_publisher(self, ref, frozen):
+        """Replaces the frozen publisher (and the worker and validator,
+        drained before) with new instances, takes Kafka down and sends an
+        update through the second gateway: the new publisher answers it
+        and holds its event. Returns that publisher."""
+        s = self.stack
+        frozen.signal(signal.SIGCONT)
+        frozen.signal(signal.SIGKILL)
+        frozen.wait(10)
+        s.kafka_down(wait=True)
+        s.start_instance("worker")
+        s.start_instance("validator")
+        publisher = s.start_instance("publisher")
+        s.wait_for(lambda: s.http("GET", "/ready", gateway=1).body.get(
+            "kafka") == "down", 20, interval=0.25,
+            what="/ready through the new instances, naming kafka down")
+        r = s.http(
+            "PUT", "/v1/casm/customers/update-custom-attributes",
+            {"requestId": s.request_id(), "customer": ref,
+             "customAttributes": {"a": "2"}}, gateway=1)
+        self.assertEqual(r.status, 200, r.body)
+        return publisher
+
+    def drain_each(self, stop):
+        """stop (a method that signals one process and checks how it
+        ends) for each process holding a request it cannot finish: the
+        worker, the validator and the gateway of a request stuck in a
+        frozen publisher, then a publisher whose event Kafka, down, cannot
+        take."""
+        ref, frozen = self.hold_a_request()
+        for kind in ("worker", "validator", "gateway"):
+            stop(self.stack.instances(kind)[0])
+        stop(self.undelivered_publisher(ref, frozen))
+        self.stack.kafka_up(wait=True)
 
     def terminate(self, proc):
         """SIGTERM, then waits for a clean exit."""
@@ -128,46 +186,38 @@ class TestSecondSignal(DrainCase):
                              "SIGTERM" % proc.name)
 
     def test_second_signal(self):
-        s = self.stack
-        ref = {"refId": s.create_customer().body["customer"]["refId"]}
+        self.drain_each(self.second_signal)
 
-        # One request that waits in a frozen publisher.
-        publisher = s.instances("publisher")[0]
-        publisher.signal(signal.SIGSTOP)
-        def stuck_request():
-            try:
-                s.update_attributes(ref, {"a": "1"})
-            except OSError:
-                pass        # its gateway is stopped under it
 
-        threading.Thread(target=stuck_request, daemon=True).start()
-        s.wait_for(lambda: "sent" in s.sql(
-            "SELECT CASE WHEN count(*) > 0 THEN 'sent' END FROM casm.outbox "
-            "WHERE customer_ref = '%s' AND version = 2" % ref["refId"]),
-            10, what="the change committed")
-        time.sleep(0.5)     # on its way to the frozen publisher
+class TestGraceExpires(DrainCase):
+    """A drain waits for work it cannot finish no longer than
+    SHUTDOWN_GRACE_MS: the same stuck request as above, one SIGTERM, and
+    each process that holds it exits soon after its grace."""
 
-        for kind in ("worker", "validator", "gateway"):
-            self.second_signal(s.instances(kind)[0])
+    GRACE_S = 2.0
+    SLACK_S = 6.0
 
-        # The publisher: Kafka down, one event undelivered.
-        publisher.signal(signal.SIGCONT)
-        publisher.signal(signal.SIGKILL)
-        publisher.wait(10)
-        s.kafka_down(wait=True)
-        s.start_instance("worker")
-        s.start_instance("validator")
-        publisher = s.start_instance("publisher")
-        s.wait_for(lambda: s.http("GET", "/ready", gateway=1).body.get(
-            "kafka") == "down", 20, interval=0.25,
-            what="/ready through the new instances, naming kafka down")
-        r = s.http(
-            "PUT", "/v1/casm/customers/update-custom-attributes",
-            {"requestId": s.request_id(), "customer": ref,
-             "customAttributes": {"a": "2"}}, gateway=1)
-        self.assertEqual(r.status, 200, r.body)
-        self.second_signal(publisher)
-        s.kafka_up(wait=True)
+    stack_args = {"gateways": 2,
+                  "env": {"REQUEST_TIMEOUT_MS": "60000",
+                          "PUBLISH_TIMEOUT_MS": "500",
+                          "SHUTDOWN_GRACE_MS": str(int(GRACE_S * 1000))}}
+
+    def drain_expires(self, proc):
+        start = self.stack.log_size(proc)
+        signalled = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        self.stack.wait_log(proc, "draining", 10, start)
+        time.sleep(0.5)
+        self.assertTrue(proc.alive(), "%s did not wait for its work"
+                        % proc.name)
+        status = proc.wait(self.GRACE_S + self.SLACK_S)
+        elapsed = time.monotonic() - signalled
+        self.assertIsNotNone(status, "%s still runs %.1f s after SIGTERM "
+                             "with a grace of %.1f s"
+                             % (proc.name, elapsed, self.GRACE_S))
+
+    def test_grace_expires(self):
+        self.drain_each(self.drain_expires)
 
 
 if __name__ == "__main__":

@@ -40,10 +40,12 @@ def dwh_built():
 class OutageCase(FaultCase):
 
     dwhs = 0
+    env = {}
 
     def setUp(self):
+        env = dict(ENV, **self.env)
         harness.STACK = harness.Stack(validators=2, workers=2, publishers=2,
-                                      dwhs=self.dwhs, env=ENV,
+                                      dwhs=self.dwhs, env=env,
                                       name="outage").start()
 
     def tearDown(self):
@@ -90,6 +92,11 @@ class OutageCase(FaultCase):
 class TestKafkaDown(OutageCase):
 
     dwhs = 1 if dwh_built() else 0
+    # The producer gives up on an event after 2 s, well inside the
+    # outage: the events of the outage then come back as failed
+    # deliveries, stay in the outbox and reach Kafka only by the sweep,
+    # instead of by librdkafka's own retries.
+    env = {"KAFKA_MESSAGE_TIMEOUT_MS": "2000"}
 
     def test_4_kafka_down(self):
         s = self.stack
@@ -119,6 +126,17 @@ class TestKafkaDown(OutageCase):
         slowest = max(a.elapsed for a in answers)
         self.assertLess(slowest, REQUEST_TIMEOUT_MS / 1000.0,
                         "an answer took %.1f s" % slowest)
+
+        # Some deliveries failed for good, so the sweep had work to do.
+        for p in s.instances("publisher"):
+            try:
+                s.wait_log(p, "event not delivered to kafka", 0)
+                break
+            except AssertionError:
+                pass
+        else:
+            self.fail("no publisher saw a delivery fail: the outage did "
+                      "not test the sweep")
 
         duplicates = self.assertExactlyOnce(load, kafka_timeout=90)
         extra = {"during_outage": len(during)}

@@ -591,6 +591,80 @@ class TestHostileHttp(Case):
 
 
 
+class TestInflightCap(Case):
+    """MAX_INFLIGHT bounds what one gateway holds: past it a request is
+    answered 503 with Retry-After at once, and a slot that frees up takes
+    the next one."""
+
+    CAP = 2
+
+    @classmethod
+    def setUpClass(cls):
+        cls.proc, cls.index = extra_gateway(
+            harness.STACK, "gateway-capped", {"MAX_INFLIGHT": str(cls.CAP)})
+
+    def in_flight(self):
+        r = self.stack.http("GET", "/metrics", gateway=self.index,
+                            fresh=True, timeout=10)
+        self.assertEqual(r.status, 200)
+        text = r.raw.decode("utf-8", "replace")
+        for line in text.splitlines():
+            if line.startswith("casm_http_requests_in_flight "):
+                return float(line.split()[1])
+        self.fail("no casm_http_requests_in_flight in /metrics")
+
+    def create(self, timeout=15):
+        return self.stack.http("POST", CREATE, self.stack.create_body(),
+                               headers=auth(), gateway=self.index,
+                               fresh=True, timeout=timeout)
+
+    def test_cap_answers_503_then_frees(self):
+        publishers = self.stack.instances("publisher")
+        self.assertGreater(len(publishers), 0)
+        held = []
+
+        def hold_one():
+            try:
+                held.append(self.create())
+            except OSError as e:
+                held.append(e)
+            finally:
+                self.stack.close_connections()
+
+        threads = [threading.Thread(target=hold_one)
+                   for _ in range(self.CAP)]
+        # A frozen publisher holds each create after its commit, so that
+        # CAP of them stay in flight at the gateway.
+        for p in publishers:
+            p.signal(signal.SIGSTOP)
+        try:
+            for t in threads:
+                t.start()
+            wait_until(lambda: self.in_flight() >= self.CAP, 4,
+                       "%d requests in flight" % self.CAP)
+            started = time.monotonic()
+            r = self.create()
+            elapsed = time.monotonic() - started
+        finally:
+            for p in publishers:
+                p.signal(signal.SIGCONT)
+            for t in threads:
+                t.join(30)
+        self.assertEqual(r.status, 503, r.body)
+        self.assertEqual(r.body.get("code"), "SERVICE-UNAVAILABLE", r.body)
+        self.assertIn("Retry-After", r.headers)
+        self.assertLess(elapsed, 2.0, "the 503 waited %.1f s" % elapsed)
+        self.assertFalse(any(t.is_alive() for t in threads))
+        # The held ones were let through (or timed out, if the machine
+        # was slow to resume the publisher): never refused by the cap.
+        self.assertEqual(len(held), self.CAP, held)
+        for h in held:
+            self.assertIn(getattr(h, "status", None), (201, 504), h)
+        # Their slots are free again.
+        wait_until(lambda: self.in_flight() == 0, 10, "no request in flight")
+        self.assertEqual(self.create().status, 201)
+
+
 class TestZzEnd(Case):
 
     def test_everything_still_alive(self):
