@@ -123,8 +123,10 @@ s_keys_read (const char *path, s_key_t **keys_p, size_t *count_p)
             problem = "the hash must be 64 hex digits (SHA-256 of the key)";
             break;
         }
-        snprintf (keys [count].label, sizeof keys [count].label, "%s",
-                  label);
+        //  s_label_valid kept it to LABEL_MAX; the precision says so to
+        //  the compiler too.
+        snprintf (keys [count].label, sizeof keys [count].label, "%.*s",
+                  LABEL_MAX, label);
         count++;
     }
     if (!problem && ferror (file))

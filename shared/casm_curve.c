@@ -246,8 +246,10 @@ s_list_read (const char *path, s_client_t **clients_p, size_t *count_p)
             problem = "the key is not a CURVE key of 40 Z85 characters";
             break;
         }
+        //  s_label_valid kept it to LABEL_MAX; the precision says so to
+        //  the compiler too.
         snprintf (clients [count].label, sizeof clients [count].label,
-                  "%s", label);
+                  "%.*s", LABEL_MAX, label);
         count++;
     }
     if (!problem && ferror (file))

@@ -411,6 +411,7 @@ class SlowClients:
         for _ in range(count):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind((source, 0))
+            s.settimeout(5)
             try:
                 s.connect(("127.0.0.1", port))
             except OSError:
@@ -579,7 +580,8 @@ class TestHostileHttp(Case):
             s.sendall(b"GET /health HTTP/1.1\r\nHost: casm\r\nX-Big: " +
                       b"b" * 100000 + b"\r\n\r\n")
             data = b""
-            while b"\r\n" not in data:
+            deadline = time.monotonic() + 10
+            while b"\r\n" not in data and time.monotonic() < deadline:
                 chunk = s.recv(4096)
                 if not chunk:
                     break
@@ -588,7 +590,6 @@ class TestHostileHttp(Case):
         self.assertEqual(self.stack.http("GET", "/health",
                                          gateway=self.index,
                                          fresh=True).status, 200)
-
 
 
 class TestInflightCap(Case):
