@@ -246,23 +246,13 @@ casm_work_answer (casm_work_t **self_p, const char *prefix, uint16_t status,
     return msg;
 }
 
-int
-casm_work_reply (casm_work_t **self_p, void *socket, const char *prefix,
-                 uint16_t status, uint8_t flags, const char *body,
-                 size_t body_size)
-{
-    zmsg_t *msg = casm_work_answer (self_p, prefix, status, flags, body,
-                                    body_size);
-    return casm_msg_send (&msg, socket);
-}
-
-int
-casm_work_forward (casm_work_t **self_p, void *socket, const char *body,
-                   size_t body_size, const char *event, size_t event_size)
+zmsg_t *
+casm_work_onward (casm_work_t **self_p, const char *body, size_t body_size,
+                  const char *event, size_t event_size)
 {
     casm_work_t *self = *self_p;
     zmsg_t *msg = casm_work_message (self, NULL, &self->header, body,
                                      body_size, event, event_size);
     casm_work_destroy (self_p);
-    return casm_msg_send (&msg, socket);
+    return msg;
 }

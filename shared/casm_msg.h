@@ -111,7 +111,7 @@ typedef struct {
 //  to NULL. Returns NULL when the message has no envelope delimiter or no
 //  header (nothing can be answered then), and logs why. A header of an
 //  unknown version gives a work whose header.version says so: answer it
-//  with casm_work_reply and status 500.
+//  with casm_work_answer and status 500.
 casm_work_t *casm_work_take (zmsg_t **msg_p);
 
 //  Destroys the work and NULLs the caller's pointer.
@@ -142,16 +142,12 @@ zmsg_t *casm_work_answer (casm_work_t **self_p, const char *prefix,
                           uint16_t status, uint8_t flags, const char *body,
                           size_t body_size);
 
-//  Sends casm_work_answer's message on socket. Returns 0 or -1.
-int casm_work_reply (casm_work_t **self_p, void *socket, const char *prefix,
-                     uint16_t status, uint8_t flags, const char *body,
-                     size_t body_size);
-
-//  Sends the work on to the next queue unchanged but for the body (and
-//  event), with the envelope kept, so the reply comes back on this socket.
-//  Destroys the work and NULLs the pointer. Returns 0 or -1.
-int casm_work_forward (casm_work_t **self_p, void *socket,
-                       const char *body, size_t body_size,
-                       const char *event, size_t event_size);
+//  The work for the next queue as a message: unchanged but for the body
+//  (and event, which may be NULL), with the envelope kept, so that the
+//  reply comes back to the sender. body and event are copied. Destroys
+//  the work and NULLs the pointer.
+zmsg_t *casm_work_onward (casm_work_t **self_p, const char *body,
+                          size_t body_size, const char *event,
+                          size_t event_size);
 
 #endif

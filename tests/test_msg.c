@@ -401,11 +401,10 @@ START_TEST (test_reply_keeps_envelope)
     ck_assert_ptr_nonnull (msg);
     casm_work_t *work = casm_work_take (&msg);
     ck_assert_ptr_nonnull (work);
-    ck_assert_int_eq (casm_work_reply (&work, zsock_resolve (b),
-                                       CASM_CMD_REPLY, 404,
-                                       CASM_FLAG_REPLAYED, "{\"r\":2}", 7),
-                      0);
+    msg = casm_work_answer (&work, CASM_CMD_REPLY, 404, CASM_FLAG_REPLAYED,
+                            "{\"r\":2}", 7);
     ck_assert_ptr_null (work);
+    ck_assert_int_eq (casm_msg_send (&msg, zsock_resolve (b)), 0);
 
     msg = zmsg_recv (a);
     ck_assert_ptr_nonnull (msg);
@@ -448,8 +447,8 @@ START_TEST (test_reply_to_unknown_version)
     zframe_data (frame) [0] = 42;
     casm_work_t *work = casm_work_take (&msg);
     ck_assert_ptr_nonnull (work);
-    ck_assert_int_eq (casm_work_reply (&work, zsock_resolve (b), NULL, 500,
-                                       0, "{}", 2), 0);
+    msg = casm_work_answer (&work, NULL, 500, 0, "{}", 2);
+    ck_assert_int_eq (casm_msg_send (&msg, zsock_resolve (b)), 0);
 
     msg = zmsg_recv (a);
     ck_assert_ptr_nonnull (msg);
@@ -484,10 +483,9 @@ START_TEST (test_forward_keeps_envelope)
     casm_work_t *work = casm_work_take (&msg);
     ck_assert_ptr_nonnull (work);
     const char *event = "{\"outboxId\":1}\n{\"refId\":\"x\"}";
-    ck_assert_int_eq (casm_work_forward (&work, zsock_resolve (b),
-                                         "{\"out\":2}", 9, event,
-                                         strlen (event)), 0);
+    msg = casm_work_onward (&work, "{\"out\":2}", 9, event, strlen (event));
     ck_assert_ptr_null (work);
+    ck_assert_int_eq (casm_msg_send (&msg, zsock_resolve (b)), 0);
 
     msg = zmsg_recv (a);
     ck_assert_ptr_nonnull (msg);
@@ -507,8 +505,8 @@ START_TEST (test_forward_keeps_envelope)
     //  Without an event there is no event frame.
     msg = s_message (&header, "{}", NULL, "g", NULL);
     work = casm_work_take (&msg);
-    ck_assert_int_eq (casm_work_forward (&work, zsock_resolve (b), "{}", 2,
-                                         NULL, 0), 0);
+    msg = casm_work_onward (&work, "{}", 2, NULL, 0);
+    ck_assert_int_eq (casm_msg_send (&msg, zsock_resolve (b)), 0);
     msg = zmsg_recv (a);
     ck_assert_ptr_nonnull (msg);
     ck_assert_uint_eq (zmsg_size (msg), 4);

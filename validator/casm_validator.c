@@ -96,9 +96,7 @@ s_forward (casm_validator_t *self, casm_work_t **work_p, const char *body,
     //  A deadline of 0 means none: wait for that reply the whole grace.
     int64_t deadline = work->header.deadline_ms > 0
                      ? work->header.deadline_ms : INT64_MAX;
-    zmsg_t *msg = casm_work_message (work, NULL, &work->header, body, size,
-                                     NULL, 0);
-    casm_work_destroy (work_p);
+    zmsg_t *msg = casm_work_onward (work_p, body, size, NULL, 0);
     if (casm_bundle_append (self->outgoing, &msg) == 0) {
         self->forwarded++;
         if (deadline > self->last_deadline)

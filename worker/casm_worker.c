@@ -160,9 +160,8 @@ s_forward (casm_worker_t *self, casm_work_t **work_p, uint16_t status,
     work->header.status = status;
     work->header.flags = 0;
     int64_t deadline = work->header.deadline_ms;
-    zmsg_t *msg = casm_work_message (work, NULL, &work->header, body,
-                                     body_size, event, event_size);
-    casm_work_destroy (&work);
+    zmsg_t *msg = casm_work_onward (&work, body, body_size, event,
+                                    event_size);
     if (casm_bundle_append (self->outgoing, &msg) != 0) {
         casm_error (NULL, NULL, "out of memory: a unit is not answered");
         return;
