@@ -133,29 +133,35 @@ static int
 s_send_chunk (casm_bundle_t *self, size_t count, void *socket,
               zframe_t *routing)
 {
-    bool started = false;
-    if (routing) {
-        if (s_frame_send (routing, socket, true) != 0)
-            return -1;
-        started = true;
-    }
+    //  A bundle's first two frames are made before anything is sent, so
+    //  that running out of memory cannot leave a message half sent.
+    zframe_t *empty = NULL, *index = NULL;
     if (count > 1) {
-        byte index [CASM_BUNDLE_UNITS_MAX];
+        byte counts [CASM_BUNDLE_UNITS_MAX];
         for (size_t i = 0; i < count; i++)
-            index [i] = (byte) zmsg_size (
+            counts [i] = (byte) zmsg_size (
                 self->units [(self->head + i) & (self->capacity - 1)]);
-        zframe_t *empty = zframe_new (NULL, 0);
-        zframe_t *frame = zframe_new (index, count);
-        int rc = empty && frame ? s_frame_send (empty, socket, true) : -1;
-        if (rc == 0) {
-            started = true;
-            rc = s_frame_send (frame, socket, true);
+        empty = zframe_new (NULL, 0);
+        index = zframe_new (counts, count);
+        if (!empty || !index) {
+            zframe_destroy (&empty);
+            zframe_destroy (&index);
+            errno = ENOMEM;
+            return -1;
         }
-        zframe_destroy (&empty);
-        zframe_destroy (&frame);
-        if (rc != 0)
-            goto failed;
     }
+    bool started = false;           // a frame has gone out
+    int rc = 0;
+    if (routing && (rc = s_frame_send (routing, socket, true)) == 0)
+        started = true;
+    if (rc == 0 && empty && (rc = s_frame_send (empty, socket, true)) == 0) {
+        started = true;
+        rc = s_frame_send (index, socket, true);
+    }
+    zframe_destroy (&empty);
+    zframe_destroy (&index);
+    if (rc != 0)
+        goto failed;
     for (size_t i = 0; i < count; i++) {
         zmsg_t *unit = self->units [(self->head + i) & (self->capacity - 1)];
         zframe_t *frame = zmsg_first (unit);
