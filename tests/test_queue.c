@@ -5,8 +5,9 @@
     instances to the backend, and drives the queue from the test's own
     thread: pump the queue's sockets for a moment, then look at what each
     fake peer received, unit by unit (several units for one peer come as a
-    bundle, casm_bundle.h, which s_recv takes apart). The queue's clock is the real one plus a skew the
-    test can advance, so expiry and deadlines need no long sleeps.        */
+    bundle, casm_bundle.h, which s_recv takes apart). The queue's clock is
+    the real one plus a skew the test can advance, so expiry and deadlines
+    need no long sleeps.                                                  */
 
 #include "casm_bundle.h"
 #include "casm_msg.h"
