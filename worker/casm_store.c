@@ -110,8 +110,10 @@
 //  update writes nxt's values and the customer JSON is made from nxt by
 //  casm.customer_json with CASM_ATTRIBUTES_JSON_SQL, the rendering that
 //  CASM_CUSTOMER_JSON_SQL gives, so row, answer, event and a later read
-//  agree byte for byte. Rows: the unit's position in $1 (from 1), outbox
-//  id, transaction id, ref id, customer JSON, Business Transaction.
+//  agree byte for byte. "bt" is MATERIALIZED because "answer" names its
+//  customer twice: inlined, each row's JSON would be rendered twice.
+//  Rows: the unit's position in $1 (from 1), outbox id, transaction id,
+//  ref id, customer JSON, Business Transaction.
 #define S_CHANGE(operation, fields, condition, changes, new_columns, set) \
     "WITH listed AS (" \
     " SELECT e.n, e.doc->>'requestId' AS request_id," \
@@ -133,7 +135,7 @@
     " jsonb_populate_record (cur.old, jsonb_build_object (" \
     new_columns ", 'version', (cur.old).version + 1," \
     " 'modified_at', now ())) AS c FROM cur), " \
-    "bt AS (" \
+    "bt AS MATERIALIZED (" \
     " SELECT nxt.*, casm.customer_json (nxt.c, " \
     CASM_ATTRIBUTES_JSON_SQL ("(nxt.c).custom_attributes") \
     ") AS customer FROM nxt), " \
