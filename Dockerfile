@@ -32,7 +32,7 @@ RUN apt-get update -q \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
        --no-install-recommends \
        libzmq5 libczmq4 libjansson4 libpq5 librdkafka1 libmicrohttpd12 \
-       libnettle8 curl \
+       libnettle8 libtcmalloc-minimal4 curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home \
                --shell /usr/sbin/nologin casm

@@ -12,7 +12,7 @@ set -euo pipefail
 BUILD_PACKAGES=(
     build-essential cmake pkg-config
     libzmq3-dev libczmq-dev libjansson-dev libpq-dev librdkafka-dev
-    libmicrohttpd-dev nettle-dev check python3
+    libmicrohttpd-dev nettle-dev check python3 libgoogle-perftools-dev
 )
 # And what the tests, make up and the benchmark need besides; CI checks
 # compose.yaml with docker-compose and python3-yaml (tests/compose). The
