@@ -288,11 +288,14 @@ for connections in $CONNECTIONS; do
     threads=$WRK_THREADS
     [ "$threads" -le "$connections" ] || threads=$connections
     log "wrk: $connections connections, ${WRK_SECONDS}s"
-    out=$RUN_DIR/wrk-$connections.out
+    # A row of its own in the requestIds, so that a connection count given
+    # twice sends new requests, not reused ids (422).
+    index=${#ROWS[@]}
+    out=$RUN_DIR/wrk-$index-$connections.out
     mapfile -t before < <(cpu_snapshot)
     wrk -t "$threads" -c "$connections" -d "${WRK_SECONDS}s" --timeout 10s \
         --latency -s "$ROOT/bench/update.lua" "$url" \
-        -- "$tag-c$connections" "$CUSTOMERS" "$API_KEY" >"$out" 2>&1 \
+        -- "$tag-r$index-c$connections" "$CUSTOMERS" "$API_KEY" >"$out" 2>&1 \
         || { cat "$out" >&2; die "wrk failed"; }
     mapfile -t after < <(cpu_snapshot)
     result=$(grep '^casm-bench ' "$out") || { cat "$out" >&2; die "no result"; }
